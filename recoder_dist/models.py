@@ -1,0 +1,218 @@
+"""Recoder autoencoder over sparse item vectors with a target-restricted decoder.
+
+Moussawi, "Towards Large Scale Training Of Autoencoders For Collaborative Filtering"
+(RecSys'18 LBR): the encoder's first layer is an embedding-bag over the user's items (cost
+∝ interactions) and the decoder scores only a target item set (cost ∝ |targets|).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "sigmoid": torch.sigmoid,
+    "elu": F.elu,
+    "identity": _identity,
+}
+
+
+class RecoderAutoencoder(nn.Module):
+    """Autoencoder ``items → hidden_sizes → mirror → item logits``.
+
+    Input rows are L2-normalized per user; input noise is dropout on those normalized values
+    (scaled by ``1 / (1 - p)`` in training, as :class:`torch.nn.Dropout`). The output layer
+    has weight ``D`` (num_items × hidden_sizes[0]) and bias ``b``; only the rows of the
+    requested target items are gathered, so a batch costs ∝ |targets|. Outputs are logits.
+
+    Parameters
+    ----------
+    num_items : int
+        Catalogue size.
+    hidden_sizes : sequence of int
+        Encoder layer sizes; the last is the bottleneck. The decoder mirrors them.
+    activation : str
+        One of ``tanh``, ``relu``, ``sigmoid``, ``elu``, ``identity``; applied after every
+        hidden layer (not to the output).
+    tied : bool
+        Decoder weights are the transposed encoder weights, as Recoder's ``is_constrained``:
+        ``D`` is the encoder's embedding table and each mirrored hidden layer uses its encoder
+        layer's weight transposed; biases stay separate.
+    input_dropout : float
+        Dropout probability on the normalized input values (denoising).
+    bottleneck_dropout : float
+        Dropout probability on the bottleneck activations.
+    sparse : bool
+        Make the encoder embedding-bag emit sparse gradients (rows touched by the batch);
+        not with ``tied``, whose shared table also gets the decoder's dense gradient.
+    """
+
+    def __init__(self, num_items: int, hidden_sizes: Sequence[int] = (200,),
+                 activation: str = "tanh", tied: bool = False, input_dropout: float = 0.5,
+                 bottleneck_dropout: float = 0.0, sparse: bool = False) -> None:
+        super().__init__()
+        if not hidden_sizes:
+            raise ValueError("hidden_sizes must name at least one layer")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of "
+                             f"{sorted(ACTIVATIONS)}")
+        for name, p in (("input_dropout", input_dropout),
+                        ("bottleneck_dropout", bottleneck_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {p}")
+        if tied and sparse:
+            raise ValueError("sparse=True cannot be combined with tied=True: the shared table "
+                             "also receives the decoder's dense gradient")
+        self.num_items = num_items
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.activation = activation
+        self.tied = tied
+        self.input_dropout = input_dropout
+        self.bottleneck_dropout = bottleneck_dropout
+        self.sparse = sparse
+
+        sizes = self.hidden_sizes
+        self.item_embedding = nn.EmbeddingBag(num_items, sizes[0], mode="sum", sparse=sparse,
+                                              include_last_offset=True)
+        self.encoder_bias = nn.Parameter(torch.zeros(sizes[0]))
+        self.encoder_layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes, sizes[1:]))
+        mirror = list(zip(sizes[:0:-1], sizes[-2::-1]))  # (in, out) from bottleneck back to h0
+        self.decoder_weights = nn.ParameterList(
+            [] if tied else [nn.Parameter(torch.empty(o, i)) for i, o in mirror])
+        self.decoder_biases = nn.ParameterList(nn.Parameter(torch.zeros(o)) for _, o in mirror)
+        if not tied:
+            self.output_weight = nn.Parameter(torch.empty(num_items, sizes[0]))
+        self.output_bias = nn.Parameter(torch.zeros(num_items))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights, zero biases."""
+        biases = self.bias_parameter_names()
+        for name, param in self.named_parameters():
+            if name in biases:
+                nn.init.zeros_(param)
+            else:
+                nn.init.xavier_uniform_(param)
+
+    @property
+    def output_table(self) -> torch.Tensor:
+        """The decoder's item weight ``D`` (the embedding table when tied)."""
+        return self.item_embedding.weight if self.tied else self.output_weight
+
+    def item_parameter_names(self) -> set[str]:
+        """Names of the per-item tables (embedding-bag, ``D``, ``b``), whose gradients touch
+        only the rows of a batch's items/targets; the rest are dense."""
+        names = {"item_embedding.weight", "output_bias"}
+        if not self.tied:
+            names.add("output_weight")
+        return names
+
+    def bias_parameter_names(self) -> set[str]:
+        """Names of the bias parameters (exempt from weight decay, as in Recoder)."""
+        return {name for name, _ in self.named_parameters()
+                if name.endswith("bias") or name.startswith("decoder_biases.")}
+
+    def parameter_groups(self, weight_decay: float,
+                         names: Optional[Iterable[str]] = None) -> list[dict]:
+        """Optimizer parameter groups with weight decay on weights only.
+
+        Parameters
+        ----------
+        weight_decay : float
+            Decay applied to non-bias parameters.
+        names : iterable of str, optional
+            Restrict to these parameter names (e.g. :meth:`item_parameter_names` for a
+            separate sparse optimizer); all parameters when omitted.
+
+        Returns
+        -------
+        list of dict
+            Non-empty groups ``{"params": [...], "weight_decay": ...}``.
+        """
+        wanted = None if names is None else set(names)
+        biases = self.bias_parameter_names()
+        decayed, undecayed = [], []
+        for name, param in self.named_parameters():
+            if wanted is None or name in wanted:
+                (undecayed if name in biases else decayed).append(param)
+        groups = [{"params": decayed, "weight_decay": weight_decay},
+                  {"params": undecayed, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def _encode(self, items: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+                noisy: bool) -> torch.Tensor:
+        counts = offsets[1:] - offsets[:-1]
+        rows = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device),
+                                       counts, output_size=items.numel())
+        values = values.to(self.encoder_bias.dtype)
+        sq_norm = torch.zeros(counts.numel(), dtype=values.dtype, device=values.device)
+        sq_norm = sq_norm.index_add(0, rows, values * values)
+        weights = values / sq_norm.sqrt().clamp_min(1e-12)[rows]
+        if noisy and self.input_dropout:
+            weights = F.dropout(weights, self.input_dropout, training=True)
+        act = ACTIVATIONS[self.activation]
+        z = act(self.item_embedding(items, offsets, per_sample_weights=weights)
+                + self.encoder_bias)
+        for layer in self.encoder_layers:
+            z = act(layer(z))
+        if noisy and self.bottleneck_dropout:
+            z = F.dropout(z, self.bottleneck_dropout, training=True)
+        return z
+
+    def encode(self, items: torch.Tensor, values: torch.Tensor,
+               offsets: torch.Tensor) -> torch.Tensor:
+        """Bottleneck representation of each user, without noise.
+
+        Parameters
+        ----------
+        items, values : torch.Tensor, shape (nnz,)
+            Item ids (int64) and values of the users' interactions.
+        offsets : torch.Tensor of int64, shape (B + 1,)
+            CSR offsets.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, hidden_sizes[-1])
+        """
+        return self._encode(items, values, offsets, noisy=False)
+
+    def forward(self, items: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+                target_items: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of each user for the target items.
+
+        Parameters
+        ----------
+        items, values : torch.Tensor, shape (nnz,)
+            Item ids (int64) and values of the users' interactions.
+        offsets : torch.Tensor of int64, shape (B + 1,)
+            CSR offsets.
+        target_items : torch.Tensor of int64, shape (T,), optional
+            Items to score; all items when None.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, T) or (B, num_items)
+        """
+        z = self._encode(items, values, offsets, noisy=self.training)
+        act = ACTIVATIONS[self.activation]
+        for i, layer in enumerate(reversed(self.encoder_layers)):
+            weight = layer.weight.t() if self.tied else self.decoder_weights[i]
+            z = act(F.linear(z, weight, self.decoder_biases[i]))
+        if target_items is None:
+            return torch.addmm(self.output_bias, z, self.output_table.t())
+        weight = F.embedding(target_items, self.output_table)
+        return torch.addmm(self.output_bias[target_items], z, weight.t())
+
+    def item_vectors(self) -> torch.Tensor:
+        """Item representations ``D`` (num_items × hidden_sizes[0]) for item-to-item
+        similarity; detached, sharing storage with the parameter."""
+        return self.output_table.detach()
