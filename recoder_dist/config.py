@@ -228,6 +228,8 @@ def validate(config: Config) -> None:
         (t.dtype in {"float32", "bfloat16"}, "train.dtype must be float32 or bfloat16"),
         (t.batch_size >= 1 and t.epochs >= 1, "train.batch_size and train.epochs must be >= 1"),
         (t.num_neg_samples >= 0, "train.num_neg_samples must be >= 0"),
+        (t.num_sampling_users <= 0 or t.num_sampling_users % t.batch_size == 0,
+         "train.num_sampling_users must be a multiple of train.batch_size (or 0: one batch per group)"),
         (config.model.activation in {"tanh", "relu", "sigmoid", "identity", "elu"},
          "model.activation must be tanh, relu, sigmoid, identity or elu"),
         (len(config.model.hidden_sizes) >= 1 and all(int(h) > 0 for h in config.model.hidden_sizes),

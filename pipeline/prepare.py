@@ -1,0 +1,201 @@
+"""The prepare job: raw interactions in, the prepared dataset (contract version 1) out.
+
+Every input row ends up either in a split or counted under one drop reason in the manifest
+(rows that cannot be read are also copied to ``rejected/``); the counts must add up to the
+input or the job fails. Output is assembled in a hidden sibling folder and renamed into
+place when complete, so a killed job never leaves a half-written dataset under the name.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pyspark
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipeline import transform
+from pipeline.manifest import MANIFEST, SCHEMA_VERSION, fingerprint, write_manifest
+from pipeline.sources import InputError, read_interactions, resolve_layout
+from recoder_dist.config import PrepareConfig
+
+log = logging.getLogger("recoder.prepare")
+ROW_GROUP_BYTES = 1 << 30  # one row group per written file; files are sized by row count
+
+
+def prepare(spark: SparkSession, input_path: str, output: str, fmt: str,
+            config: PrepareConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Run the whole job and return the manifest it wrote."""
+    started = time.perf_counter()
+    out = Path(output).resolve()
+    _check_output(out, overwrite)
+    layout = resolve_layout(input_path, fmt, config)
+    log.info("reading %d %s file(s) from %s (columns user=%s item=%s value=%s timestamp=%s)",
+             len(layout.paths), layout.fmt, input_path, layout.user_col, layout.item_col,
+             layout.value_col, layout.timestamp_col)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _build(spark, layout, tmp, config)
+        manifest["source"].update(path=str(Path(input_path).resolve()), format=fmt,
+                                  fingerprint=fingerprint(layout.paths))
+        manifest["seconds"] = round(time.perf_counter() - started, 2)
+        write_manifest(tmp, manifest)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s in %.1f s", out, manifest["seconds"])
+    return manifest
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        log.warning("removing %s, left by a prepare job that did not finish", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"output {out} already exists; pass --overwrite to replace it")
+    if out.is_file() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
+        raise FileExistsError(f"output {out} exists and is not a prepared dataset (no {MANIFEST}); "
+                              f"refusing to replace it even with --overwrite: choose another --output")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(spark: SparkSession, layout, tmp: Path, config: PrepareConfig) -> dict[str, Any]:
+    parsed = read_interactions(spark, layout)
+    canonical = parsed.select("user_id", "item_id", "value", "timestamp", "reject_reason").cache()
+    reasons = {r["reject_reason"]: r["count"] for r in canonical.groupBy("reject_reason").count().collect()}
+    rows_in = sum(reasons.values())
+    if rows_in == 0:
+        raise InputError(f"{layout.paths[0]}: the input holds no interactions")
+    dropped: dict[str, int] = {reason: n for reason, n in reasons.items() if reason is not None}
+    if dropped:
+        log.warning("rejected %d of %d rows (%s); they are in rejected/", sum(dropped.values()), rows_in,
+                    ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
+        parsed.where(F.col("reject_reason").isNotNull()).write.parquet(_uri(tmp / "rejected"))
+    n_valid = reasons.get(None, 0)
+    if n_valid == 0:
+        raise InputError(f"{layout.paths[0]}: none of the {rows_in} rows is valid ({dropped})")
+
+    pairs = transform.merge_duplicates(canonical.where(F.col("reject_reason").isNull()),
+                                       config.duplicates).localCheckpoint()
+    n_pairs = pairs.count()
+    canonical.unpersist()
+    dropped["duplicate_merged"] = n_valid - n_pairs
+    threshold = config.rating_threshold if config.rating_threshold is not None else 0.0
+    kept_pairs = transform.apply_threshold(pairs, threshold, config.binarize)
+    filtered = transform.filter_min_counts(kept_pairs, config.min_user_interactions,
+                                           config.min_item_interactions, config.max_filter_rounds)
+    n_thresholded = filtered.pairs.count() + filtered.dropped_by_user_count + filtered.dropped_by_item_count
+    dropped["at_or_below_threshold"] = n_pairs - n_thresholded
+    dropped["user_below_min_count"] = filtered.dropped_by_user_count
+    dropped["item_below_min_count"] = filtered.dropped_by_item_count
+    log.info("%d rows -> %d (user, item) pairs -> %d above threshold -> %d after %d filter round(s)",
+             rows_in, n_pairs, n_thresholded, n_thresholded - filtered.dropped_by_user_count
+             - filtered.dropped_by_item_count, filtered.rounds)
+
+    user_ids = filtered.pairs.select("user_id").distinct().toPandas()["user_id"]
+    if user_ids.empty:
+        raise InputError(f"no users are left after the rating threshold ({threshold}) and minimum counts "
+                         f"(users >= {config.min_user_interactions}, items >= {config.min_item_interactions})")
+    users = transform.split_users(user_ids, config.validation_users, config.test_users, config.seed)
+    joined = filtered.pairs.join(transform.to_spark(spark, users), "user_id")
+    items = transform.index_items(joined.where(F.col("split") == "train"))
+    indexed = joined.join(transform.to_spark(spark, items[["item_id", "item_idx"]]), "item_id", "left")
+    indexed = indexed.withColumn("unseen", F.col("item_idx").isNull()).localCheckpoint()
+
+    heldout_counts = (indexed.where((F.col("split") != "train") & ~F.col("unseen"))
+                      .groupBy("user_idx").count().toPandas())
+    too_few = set(heldout_counts.loc[heldout_counts["count"] < 2, "user_idx"])
+    heldout_users = users["split"] != "train"
+    too_few |= set(users.loc[heldout_users, "user_idx"]) - set(heldout_counts["user_idx"])
+    users.loc[users["user_idx"].isin(too_few), "split"] = "dropped"
+    dropped["unseen_item_in_heldout_user"] = indexed.where(F.col("unseen")).count()
+    kept = indexed.where(~F.col("unseen")).join(
+        F.broadcast(spark.createDataFrame(users[["user_idx", "split"]].rename(columns={"split": "final"}))),
+        "user_idx")
+    dropped["heldout_user_under_2_items"] = int(heldout_counts.loc[
+        heldout_counts["user_idx"].isin(too_few), "count"].sum())
+
+    _write_table(items.astype({"item_id": str}), tmp / "items")
+    _write_table(users.astype({"user_id": str}), tmp / "users")
+    num_users = users["split"].value_counts().to_dict()
+    for split in transform.SPLITS:
+        rows = kept.where(F.col("final") == split)
+        frame = (transform.user_rows(rows) if split == "train"
+                 else transform.fold_in_rows(rows, config.heldout_fraction, config.seed))
+        _write_split(frame, tmp / split, num_users.get(split, 0), config)
+
+    nnz = {split: _nnz(tmp / split) for split in transform.SPLITS}
+    kept_total = sum(sum(v.values()) for v in nnz.values())
+    if kept_total + sum(dropped.values()) != rows_in:
+        raise RuntimeError(f"row accounting failed: {kept_total} kept + {sum(dropped.values())} dropped "
+                           f"!= {rows_in} input rows ({dropped}); the output was not written")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"files": len(layout.paths), "columns": {"user": layout.user_col, "item": layout.item_col,
+                                                          "value": layout.value_col, "timestamp": layout.timestamp_col}},
+        "num_items": int(len(items)),
+        "num_users": {s: int(num_users.get(s, 0)) for s in (*transform.SPLITS, "dropped")},
+        "nnz": nnz,
+        "row_groups": {s: _row_groups(tmp / s) for s in transform.SPLITS},
+        "interactions": {"input": int(rows_in), "kept": int(kept_total),
+                         "dropped": {k: int(v) for k, v in sorted(dropped.items())}},
+        "filter_rounds": filtered.rounds,
+        "config": asdict(config),
+        "versions": {"schema": SCHEMA_VERSION, "spark": pyspark.__version__, "pyarrow": pa.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def _uri(path: Path) -> str:
+    return "file://" + str(path)
+
+
+def _write_table(frame: pd.DataFrame, directory: Path) -> None:
+    directory.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), directory / "part-00000.parquet")
+
+
+def _write_split(frame: DataFrame, directory: Path, num_rows: int, config: PrepareConfig) -> None:
+    """One file, and so one row group, per range of users.
+
+    Train is read by Petastorm, which shards by row group: it gets enough groups for
+    ``max_ranks`` ranks. Held-out splits are read whole by pyarrow and sharded by row.
+    """
+    ranks, per_rank = ((config.max_ranks, config.row_groups_per_rank) if directory.name == "train" else (1, 1))
+    groups = transform.num_row_groups(num_rows, ranks, per_rank, config.max_rows_per_group)
+    (frame.repartitionByRange(groups, "user_idx").sortWithinPartitions("user_idx")
+     .write.option("parquet.block.size", ROW_GROUP_BYTES).parquet(_uri(directory)))
+
+
+def _nnz(directory: Path) -> dict[str, int]:
+    """Interactions written to a split, read back from its files (fold-in and held-out apart)."""
+    names = pq.read_schema(next(directory.glob("*.parquet"))).names
+    table = pq.read_table(directory, columns=[c for c in ("items", "heldout_items") if c in names])
+    return {name: int(pc.sum(pc.list_value_length(table[name])).as_py() or 0) for name in table.column_names}
+
+
+def _row_groups(directory: Path) -> int:
+    return sum(pq.ParquetFile(f).num_row_groups for f in directory.glob("*.parquet"))
