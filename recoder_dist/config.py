@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -123,6 +124,9 @@ class Config:
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(section: str, key: str, value: Any, default: Any, annotation: str) -> Any:
     """Check ``value`` against the field's declared type, converting ints to floats."""
     where = f"{section}.{key}"
@@ -137,6 +141,8 @@ def _coerce(section: str, key: str, value: Any, default: Any, annotation: str) -
     if "float" in annotation:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-4 as a string, not a float
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if "int" in annotation:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -206,6 +212,7 @@ def _layers(path: Path) -> list[Path]:
     """The file and the chain of ``base:`` files it extends, base first."""
     chain: list[Path] = []
     while path is not None:
+        path = path.resolve()  # a base reached through ../ must still be seen as a cycle
         if path in chain:
             raise ConfigError(f"{path}: circular base")
         chain.append(path)
@@ -232,7 +239,8 @@ def validate(config: Config) -> None:
          "train.num_sampling_users must be a multiple of train.batch_size (or 0: one batch per group)"),
         (config.model.activation in {"tanh", "relu", "sigmoid", "identity", "elu"},
          "model.activation must be tanh, relu, sigmoid, identity or elu"),
-        (len(config.model.hidden_sizes) >= 1 and all(int(h) > 0 for h in config.model.hidden_sizes),
+        (len(config.model.hidden_sizes) >= 1
+         and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in config.model.hidden_sizes),
          "model.hidden_sizes must be a non-empty list of positive sizes"),
     ]
     for ok, message in checks:

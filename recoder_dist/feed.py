@@ -1,0 +1,202 @@
+"""Reading prepared splits: the train split streamed with Petastorm, held-out splits whole.
+
+Petastorm's ``make_batch_reader`` refuses ragged list columns, so a module-level transform
+turns each user's lists into bytes and :func:`_collate` decodes them with ``np.frombuffer``.
+Petastorm shards by row group (``cur_shard``/``shard_count``) and shuffles row groups once per
+reader: a new reader is opened per epoch (seeded by the epoch) and users are shuffled again
+in a buffer, so each epoch sees a fresh order and a resumed run the same one.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, TypeVar
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recoder_dist.sampling import UserRows
+
+T = TypeVar("T")
+# petastorm 0.13 still uses pyarrow's legacy dataset API; its deprecation warnings are noise here
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+TRAIN_FIELDS = ("user_idx", "items", "values")
+
+
+def encode_lists(frame):
+    """Petastorm transform: ragged ``items``/``values`` lists to raw bytes (module level for process pools)."""
+    import numpy  # the process pool pickles this function by reference
+    frame["items"] = frame["items"].map(lambda x: numpy.asarray(x, numpy.int32).tobytes())
+    frame["values"] = frame["values"].map(lambda x: numpy.asarray(x, numpy.float32).tobytes())
+    return frame
+
+
+def _collate(batch) -> UserRows:
+    """One Petastorm row batch (bytes per user) as CSR ``UserRows``."""
+    lengths = np.fromiter((len(b) // 4 for b in batch.items), dtype=np.int64, count=len(batch.items))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    items = np.frombuffer(b"".join(batch.items), dtype=np.int32)
+    values = np.frombuffer(b"".join(batch.values), dtype=np.float32)
+    return UserRows(np.asarray(batch.user_idx, dtype=np.int64), offsets, items, values)
+
+
+def split_url(data_dir: str | Path, split: str) -> str:
+    """``file://`` URL of a split (Petastorm wants URLs)."""
+    text = str(data_dir)
+    return f"{text.rstrip('/')}/{split}" if "://" in text else f"file://{Path(text).resolve()}/{split}"
+
+
+def train_rows(data_dir: str | Path, rank: int, size: int, seed: int, chunk_users: int,
+               shuffle_buffer_users: int, pool: str = "thread", workers: int = 2) -> Iterator[UserRows]:
+    """An endless, shuffled stream of this rank's train users in chunks of ``chunk_users``.
+
+    Reads with ``num_epochs=None`` (a finite reader occasionally returns no rows under a
+    thread race) so the caller decides how many steps an epoch has; every rank must take
+    the same number.
+    """
+    from petastorm import make_batch_reader
+    from petastorm.transform import TransformSpec
+
+    spec = TransformSpec(encode_lists, edit_fields=[("items", np.bytes_, (), False),
+                                                    ("values", np.bytes_, (), False)])
+    rng = np.random.default_rng(seed)
+    with make_batch_reader(split_url(data_dir, "train"), schema_fields=list(TRAIN_FIELDS),
+                           cur_shard=rank if size > 1 else None, shard_count=size if size > 1 else None,
+                           shuffle_row_groups=True, seed=seed, num_epochs=None, transform_spec=spec,
+                           reader_pool_type=pool, workers_count=workers) as reader:
+        buffer: list[UserRows] = []
+        buffered = 0
+        for batch in reader:
+            rows = _collate(batch)
+            buffer.append(rows)
+            buffered += len(rows)
+            if buffered < shuffle_buffer_users:
+                continue
+            mixed = _shuffled(UserRows.concat(buffer), rng)
+            whole = len(mixed) // chunk_users * chunk_users
+            for start in range(0, whole, chunk_users):
+                yield mixed.slice(start, start + chunk_users)
+            rest = mixed.slice(whole, len(mixed))
+            buffer, buffered = ([rest], len(rest)) if len(rest) else ([], 0)
+
+
+def _shuffled(rows: UserRows, rng: np.random.Generator) -> UserRows:
+    order = rng.permutation(len(rows))
+    lengths = np.diff(rows.offsets)[order]
+    starts = rows.offsets[:-1][order]
+    offsets = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return UserRows(rows.user_idx[order], offsets, rows.items[take], rows.values[take])
+
+
+def prefetch(source: Iterator[T], depth: int) -> Iterator[T]:
+    """Run ``source`` in a background thread, ``depth`` items ahead (reading overlaps compute).
+
+    Closing the returned generator stops the thread; an exception in ``source`` is re-raised.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+            items.put(done)
+        except BaseException as error:  # handed to the consumer
+            items.put(error)
+        finally:
+            close = getattr(source, "close", None)
+            if close:
+                close()
+
+    thread = threading.Thread(target=work, name="recoder-feed", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+@dataclass(frozen=True)
+class HeldoutRows:
+    """Validation/test users: fold-in interactions (the input) and held-out items (to predict)."""
+
+    foldin: UserRows
+    heldout_offsets: np.ndarray
+    heldout_items: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.foldin)
+
+    def shard(self, rank: int, size: int) -> "HeldoutRows":
+        """Every ``size``-th user starting at ``rank`` (evaluation is split by row, not row group)."""
+        pick = np.arange(rank, len(self), size)
+        return self.take(pick)
+
+    def take(self, pick: np.ndarray) -> "HeldoutRows":
+        """The users at positions ``pick``."""
+        foldin = _take(self.foldin.offsets, pick)
+        heldout = _take(self.heldout_offsets, pick)
+        return HeldoutRows(
+            UserRows(self.foldin.user_idx[pick], foldin[0], self.foldin.items[foldin[1]],
+                     self.foldin.values[foldin[1]]),
+            heldout[0], self.heldout_items[heldout[1]])
+
+
+def _take(offsets: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.diff(offsets)[pick]
+    new = np.zeros(len(pick) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new[1:])
+    index = np.repeat(offsets[:-1][pick] - new[:-1], lengths) + np.arange(new[-1])
+    return new, index
+
+
+def read_heldout(data_dir: str | Path, split: str) -> HeldoutRows:
+    """A whole validation/test split with pyarrow (small; row counts checked, no thread races)."""
+    path = Path(str(data_dir).removeprefix("file://")) / split
+    table = pq.read_table(path, columns=["user_idx", "items", "values", "heldout_items"])
+
+    def csr(column: str) -> tuple[np.ndarray, np.ndarray]:
+        array = table[column].combine_chunks()
+        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False).astype(np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return offsets, pc.list_flatten(array).to_numpy(zero_copy_only=False)
+
+    offsets, items = csr("items")
+    _, values = csr("values")
+    heldout_offsets, heldout_items = csr("heldout_items")
+    user_idx = table["user_idx"].to_numpy()
+    return HeldoutRows(UserRows(user_idx, offsets, items, values), heldout_offsets,
+                       heldout_items.astype(np.int64))
+
+
+def batched(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` windows of ``size`` over ``range(total)``."""
+    for start in range(0, total, size):
+        yield start, min(start + size, total)

@@ -1,0 +1,198 @@
+"""The training loop: feed → batch-union batches → forward/backward → gradient exchange → step.
+
+Runs identically on one process and on every Horovod rank; rank 0 alone logs, checkpoints and
+reports to the tracker.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.manifest import DatasetError, read_manifest
+from recoder_dist import checkpoint
+from recoder_dist.config import Config
+from recoder_dist.distributed import Workers
+from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
+from recoder_dist.feed import prefetch, read_heldout, train_rows
+from recoder_dist.losses import get_loss
+from recoder_dist.models import RecoderAutoencoder
+from recoder_dist.sampling import Batch, make_batches, retarget
+
+log = logging.getLogger("recoder.train")
+
+
+class Tracker(Protocol):
+    """What the trainer reports (rank 0 only); MLflow implements it in ``recoder_dist.tracking``."""
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    epochs: int
+    steps_per_epoch: int
+    best_epoch: int
+    best_validation: dict[str, float]
+    test: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_checkpoint: Optional[Path] = None
+
+
+def build_model(num_items: int, config: Config) -> RecoderAutoencoder:
+    """The autoencoder of ``config.model`` for a catalogue of ``num_items``."""
+    m = config.model
+    return RecoderAutoencoder(num_items, hidden_sizes=[int(h) for h in m.hidden_sizes], activation=m.activation,
+                              tied=m.tied, input_dropout=m.input_dropout, bottleneck_dropout=m.bottleneck_dropout)
+
+
+def steps_per_epoch(num_train_users: int, batch_size: int, ranks: int) -> int:
+    """Steps every rank takes per epoch so that the ranks together see each user about once."""
+    return max(1, math.ceil(num_train_users / (batch_size * ranks)))
+
+
+def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, epoch: int) -> Iterator[Batch]:
+    t = config.train
+    chunk = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
+    rng = np.random.default_rng([t.seed, epoch, workers.rank])
+    rows = train_rows(data_dir, workers.rank, workers.size, seed=t.seed * 1000 + epoch, chunk_users=chunk,
+                      shuffle_buffer_users=max(4 * chunk, 2048), pool=t.reader_pool, workers=t.reader_workers)
+    for part in rows:
+        yield from make_batches(part, t.batch_size, chunk, num_items, t.num_neg_samples, t.full, rng)
+
+
+def _identity(config: Config, manifest: dict) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the data and the model/training settings."""
+    return {"data": manifest["source"].get("fingerprint", ""), "created_at": manifest["created_at"],
+            "model": asdict(config.model),
+            "train": {k: v for k, v in asdict(config.train).items() if k not in {"epochs", "checkpoint_dir"}}}
+
+
+def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
+        tracker: Optional[Tracker] = None, run_state: Optional[dict] = None) -> TrainResult:
+    """Train on ``data_dir`` (a prepared dataset), evaluate, checkpoint; returns the result.
+
+    ``run_state`` is opaque tracker state stored in checkpoints (e.g. the MLflow run id) so a
+    resumed run continues the same tracked run.
+    """
+    t = config.train
+    manifest = read_manifest(data_dir)
+    num_items = int(manifest["num_items"])
+    n_train = int(manifest["num_users"]["train"])
+    if manifest["row_groups"]["train"] < workers.size:
+        raise DatasetError(f"{data_dir}: train has {manifest['row_groups']['train']} row groups, fewer than the "
+                           f"{workers.size} ranks (Petastorm shards by row group); prepare it with a larger "
+                           f"prepare.max_ranks")
+    torch.manual_seed(t.seed)
+    torch.set_num_threads(t.threads or workers.default_threads())
+    device = workers.device()
+    model = build_model(num_items, config).to(device)
+    fused = {"fused": True} if device.type in {"cpu", "cuda"} else {}
+    optimizer = torch.optim.Adam(model.parameter_groups(t.weight_decay), lr=t.lr, **fused)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.gamma)
+    loss_fn = get_loss(t.loss, t.confidence)
+    item_names = model.item_parameter_names()
+    steps = steps_per_epoch(n_train, t.batch_size, workers.size)
+    ckpt_dir = Path(t.checkpoint_dir)
+    identity = _identity(config, manifest)
+
+    start_epoch, history, best = 1, [], {"epoch": 0, "ndcg_at_100": -1.0}
+    state = checkpoint.load(ckpt_dir / checkpoint.LAST) if resume else None
+    if resume and state is None and workers.is_root:
+        log.warning("--resume: no checkpoint in %s, starting from epoch 1", ckpt_dir)
+    if state is not None:
+        if state["identity"] != identity:
+            raise ValueError(f"{ckpt_dir / checkpoint.LAST} was written for other data or settings; "
+                             f"train without --resume or set train.checkpoint_dir")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        if run_state is not None:
+            run_state.update(state.get("run_state", {}))
+        if workers.is_root:
+            log.info("resumed from %s after epoch %d", ckpt_dir / checkpoint.LAST, state["epoch"])
+    workers.broadcast_model(model)
+
+    validation = read_heldout(data_dir, "validation").shard(workers.rank, workers.size)
+    if workers.is_root:
+        log.info("training %d items, %d train users on %d rank(s): %d steps/epoch of %d users, "
+                 "target set per %d users, exchange=%s, dtype=%s, %d thread(s)/rank", num_items, n_train,
+                 workers.size, steps, t.batch_size, t.num_sampling_users or t.batch_size,
+                 t.grad_exchange, t.dtype, torch.get_num_threads())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
+
+    for epoch in range(start_epoch, t.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, users, target size sum
+        stream = prefetch(_batches(data_dir, config, workers, num_items, epoch), depth=8)
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{t.epochs}", disable=not (workers.is_root and sys.stderr.isatty()),
+                   unit="step", leave=False, dynamic_ncols=True)
+        try:
+            for _ in bar:
+                batch = next(stream).to(device)
+                if t.grad_exchange == "sync_union" and batch.target_items is not None:
+                    batch = retarget(batch, workers.global_union(batch.target_items))
+                optimizer.zero_grad()
+                with autocast:
+                    logits = model(batch.items, batch.values, batch.offsets, batch.target_items)
+                loss = loss_fn(logits.float(), batch.rows, batch.target_cols, batch.values)
+                loss.backward()
+                workers.exchange_gradients(model, item_names, t.grad_exchange, batch.target_items)
+                optimizer.step()
+                target = num_items if batch.target_items is None else batch.target_items.numel()
+                totals += torch.tensor([loss.item() * batch.num_users, batch.num_users, target], dtype=torch.float64)
+                if bar.n % 5 == 0:
+                    elapsed = time.perf_counter() - started
+                    bar.set_postfix(loss=f"{totals[0] / totals[1]:.4f}", users_s=f"{totals[1] * workers.size / elapsed:.0f}",
+                                    target=int(target))
+        finally:
+            stream.close()
+            bar.close()
+        scheduler.step()
+        totals = workers.sum(totals)
+        seconds = float(workers.max(torch.tensor([time.perf_counter() - started]))[0])
+        record = {"epoch": epoch, "train_loss": float(totals[0] / totals[1]), "users_per_s": float(totals[1]) / seconds,
+                  "epoch_s": seconds, "target_size": float(totals[2] / (steps * workers.size))}
+        if epoch % t.eval_every == 0 or epoch == t.epochs:
+            scores = means(workers.sum(metric_sums(model_scorer(model), validation, t.eval_batch_size, device)))
+            record.update({f"val_{k}": v for k, v in scores.items()})
+            if scores["ndcg_at_100"] > best["ndcg_at_100"]:
+                best = {"epoch": epoch, **scores}
+                if workers.is_root:
+                    checkpoint.save(ckpt_dir / checkpoint.BEST, {"model": model.state_dict(), "epoch": epoch,
+                                                                "num_items": num_items, "config": config.to_dict(),
+                                                                "validation": scores})
+        history.append(record)
+        if workers.is_root:
+            checkpoint.save(ckpt_dir / checkpoint.LAST, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "best": best,
+                "identity": identity, "run_state": dict(run_state or {})})
+            log.info("epoch %d/%d  loss %.4f  %s  %.0f users/s  %.1f s  |target| %.0f", epoch, t.epochs,
+                     record["train_loss"], "  ".join(f"{k} {record[k]:.4f}" for k in record if k.startswith("val_")),
+                     record["users_per_s"], seconds, record["target_size"])
+            if tracker is not None:
+                tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
+
+    best_state = checkpoint.load(ckpt_dir / checkpoint.BEST) if workers.is_root else None
+    weights = workers.broadcast_object(best_state["model"] if best_state else None, "best_model")
+    if weights is not None:
+        model.load_state_dict(weights)
+    test_rows = read_heldout(data_dir, "test").shard(workers.rank, workers.size)
+    test = means(workers.sum(metric_sums(model_scorer(model), test_rows, t.eval_batch_size, device)))
+    return TrainResult(epochs=t.epochs, steps_per_epoch=steps, best_epoch=int(best["epoch"]),
+                       best_validation={k: best[k] for k in METRICS if k in best}, test=test, history=history,
+                       best_checkpoint=ckpt_dir / checkpoint.BEST)
