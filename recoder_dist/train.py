@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 
-from pipeline.manifest import DatasetError
+from pipeline.manifest import DatasetError, read_manifest
+from recoder_dist.checkpoint import load as load_checkpoint
 from recoder_dist.config import ConfigError, load_config
 
 
@@ -30,20 +33,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from recoder_dist.distributed import Workers
-    from recoder_dist.trainer import fit
+    from recoder_dist.trainer import fit, resumable_run_state
 
     workers = Workers.start()
     logging.basicConfig(level=logging.INFO if workers.is_root else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # horovodrun stops ranks with SIGTERM
+    tracker, run_state = None, {}
     try:
         config = load_config(args.config, args.overrides)
-        result = fit(config, args.data, workers, resume=args.resume)
+        if "MLFLOW_TRACKING_URI" in os.environ and not any(o.startswith("mlflow.tracking_uri=") for o in args.overrides):
+            config.mlflow.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
+        if workers.is_root and config.mlflow.enabled:
+            from recoder_dist.tracking import MlflowTracker
+            previous = resumable_run_state(config) if args.resume else {}
+            tracker = MlflowTracker(config, read_manifest(args.data), args.data, workers.size,
+                                    str(workers.device()), previous.get("mlflow_run_id"))
+            run_state = {"mlflow_run_id": tracker.run_id}
+        result = fit(config, args.data, workers, resume=args.resume, tracker=tracker, run_state=run_state)
+        registration = tracker.finish(result, load_checkpoint(result.best_checkpoint)) if tracker else None
     except (ConfigError, DatasetError, ValueError) as error:
+        if tracker:
+            tracker.fail()
         print(f"train: error (rank {workers.rank}): {error}", file=sys.stderr)
         return 2
+    except BaseException:
+        if tracker:
+            tracker.fail()
+        raise
     if workers.is_root:
         print(json.dumps({"test": result.test, "best_epoch": result.best_epoch,
-                          "best_validation": result.best_validation, "steps_per_epoch": result.steps_per_epoch}))
+                          "best_validation": result.best_validation, "steps_per_epoch": result.steps_per_epoch,
+                          "mlflow_run_id": run_state.get("mlflow_run_id"), "registered": registration}))
     return 0
 
 

@@ -78,12 +78,18 @@ def _identity(config: Config, manifest: dict) -> dict[str, Any]:
             "train": {k: v for k, v in asdict(config.train).items() if k not in {"epochs", "checkpoint_dir"}}}
 
 
+def resumable_run_state(config: Config) -> dict:
+    """The tracker state saved with the last checkpoint (empty when there is none)."""
+    state = checkpoint.load(Path(config.train.checkpoint_dir) / checkpoint.LAST)
+    return dict(state.get("run_state", {})) if state else {}
+
+
 def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
         tracker: Optional[Tracker] = None, run_state: Optional[dict] = None) -> TrainResult:
     """Train on ``data_dir`` (a prepared dataset), evaluate, checkpoint; returns the result.
 
-    ``run_state`` is opaque tracker state stored in checkpoints (e.g. the MLflow run id) so a
-    resumed run continues the same tracked run.
+    ``run_state`` is opaque tracker state stored in checkpoints (the MLflow run id), so that a
+    resumed run continues the same tracked run (see :func:`resumable_run_state`).
     """
     t = config.train
     manifest = read_manifest(data_dir)
@@ -119,8 +125,6 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
-        if run_state is not None:
-            run_state.update(state.get("run_state", {}))
         if workers.is_root:
             log.info("resumed from %s after epoch %d", ckpt_dir / checkpoint.LAST, state["epoch"])
     workers.broadcast_model(model)

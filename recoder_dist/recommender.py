@@ -1,0 +1,121 @@
+"""Recommendations in original ids from a trained autoencoder: the logic behind the MLflow model.
+
+A :class:`Recommender` holds the weights, the item id map and item popularity. It answers
+users' histories (original item ids, optional values) with top-k unseen items, and items with
+their most similar items (cosine over the decoder's item vectors). Unknown ids are ignored and
+counted; an empty history gets the most popular items.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from recoder_dist.models import RecoderAutoencoder
+
+WEIGHTS = "weights.pt"
+ITEMS = "items.parquet"
+SPEC = "model.json"
+
+
+@dataclass
+class Recommendations:
+    """Top-k per input row: item ids, scores, and how many history ids were unknown."""
+
+    items: list[list[str]]
+    scores: list[list[float]]
+    unknown: list[int]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"recommended": self.items, "scores": self.scores, "unknown_items": self.unknown})
+
+
+class Recommender:
+    """A trained model plus its id map, answering in original item ids."""
+
+    def __init__(self, model: RecoderAutoencoder, item_ids: Sequence[str], item_counts: np.ndarray) -> None:
+        self.model = model.eval()
+        self.item_ids = np.asarray(item_ids, dtype=object)
+        self.index = {item: i for i, item in enumerate(self.item_ids)}
+        self.counts = np.asarray(item_counts, dtype=np.int64)
+        self.popularity = torch.as_tensor(self.counts / max(1, self.counts.max()), dtype=torch.float32)
+
+    def save(self, directory: Path, model_config: dict) -> Path:
+        """Write weights (a plain state dict), the model's settings and the item table."""
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), directory / WEIGHTS)
+        (directory / SPEC).write_text(json.dumps({"num_items": self.model.num_items, "model": model_config}))
+        pd.DataFrame({"item_idx": np.arange(len(self.item_ids), dtype=np.int32),
+                      "item_id": self.item_ids.astype(str), "count": self.counts}).to_parquet(directory / ITEMS,
+                                                                                               index=False)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> "Recommender":
+        """Inverse of :meth:`save`; weights load with ``weights_only=True`` (no arbitrary unpickling)."""
+        spec = json.loads((directory / SPEC).read_text())
+        m = spec["model"]
+        model = RecoderAutoencoder(spec["num_items"], hidden_sizes=m["hidden_sizes"], activation=m["activation"],
+                                   tied=m["tied"], input_dropout=m["input_dropout"],
+                                   bottleneck_dropout=m["bottleneck_dropout"])
+        model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
+        items = pq.read_table(directory / ITEMS).to_pandas()
+        return cls(model, items["item_id"].tolist(), items["count"].to_numpy())
+
+    def _known(self, histories: Sequence[Sequence[str]], values: Optional[Sequence[Sequence[float]]]):
+        idx, vals, offsets, unknown = [], [], [0], []
+        for row, history in enumerate(histories):
+            history = [] if history is None else list(history)
+            row_values = [1.0] * len(history) if values is None or values[row] is None else list(values[row])
+            if len(row_values) != len(history):
+                raise ValueError(f"row {row}: {len(history)} items but {len(row_values)} values")
+            known = [(self.index[str(i)], float(v)) for i, v in zip(history, row_values) if str(i) in self.index]
+            known = list(dict(known).items())  # a repeated id counts once (its last value)
+            unknown.append(len(history) - sum(1 for i in history if str(i) in self.index))
+            idx += [i for i, _ in known]
+            vals += [v for _, v in known]
+            offsets.append(len(idx))
+        return (torch.tensor(idx, dtype=torch.int64), torch.tensor(vals, dtype=torch.float32),
+                torch.tensor(offsets, dtype=torch.int64), unknown)
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10,
+                  values: Optional[Sequence[Sequence[float]]] = None) -> Recommendations:
+        """Top-``k`` items not in each history; popular items for empty (or all-unknown) histories."""
+        items, vals, offsets, unknown = self._known(histories, values)
+        with torch.no_grad():
+            scores = self.model(items, vals, offsets, None)
+        lengths = torch.diff(offsets)
+        empty = lengths == 0
+        scores[empty] = self.popularity
+        rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        scores[rows, items] = float("-inf")
+        return self._top(scores, k, unknown)
+
+    def similar(self, item_lists: Sequence[Sequence[str]], k: int = 10) -> Recommendations:
+        """Top-``k`` items most similar to each row's items (cosine of decoder item vectors,
+        summed over the row's known items, which are excluded); popular items when none is known."""
+        vectors = torch.nn.functional.normalize(self.model.item_vectors(), dim=1)
+        items, _, offsets, unknown = self._known(item_lists, None)
+        lengths = torch.diff(offsets)
+        rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        query = torch.zeros(len(lengths), vectors.shape[1]).index_add_(0, rows, vectors[items])
+        scores = query @ vectors.t()
+        scores[lengths == 0] = self.popularity
+        scores[rows, items] = float("-inf")
+        return self._top(scores, k, unknown)
+
+    def _top(self, scores: torch.Tensor, k: int, unknown: list[int]) -> Recommendations:
+        k = max(0, min(int(k), scores.shape[1]))
+        top_scores, top_idx = torch.topk(scores, k, dim=1)
+        ids, values = [], []
+        for row_idx, row_scores in zip(top_idx.numpy(), top_scores.numpy()):
+            finite = np.isfinite(row_scores)
+            ids.append(self.item_ids[row_idx[finite]].tolist())
+            values.append(row_scores[finite].astype(float).tolist())
+        return Recommendations(ids, values, unknown)

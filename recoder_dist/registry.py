@@ -1,0 +1,136 @@
+"""python -m recoder_dist.registry {list,promote,demote,lineage} — the MLflow Model Registry side.
+
+Every finished training run registers a new version (versions are never overwritten) with the
+alias ``candidate``; it becomes ``champion`` only when its validation NDCG@100 beats the
+current champion's, or when there is none.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+SCORE_TAG = "val_ndcg_at_100"
+
+
+def register(client: MlflowClient, name: str, model_uri: str, run_id: str, val_ndcg: float) -> dict:
+    """Create a version of ``name`` from ``model_uri``, alias it, and promote it if it is better."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Recoder autoencoder (recoder-dist)")
+    version = client.create_model_version(name, model_uri, run_id=run_id, tags={SCORE_TAG: f"{val_ndcg:.6f}"})
+    client.set_registered_model_alias(name, CANDIDATE, version.version)
+    champion = _alias_version(client, name, CHAMPION)
+    champion_score = float(champion.tags.get(SCORE_TAG, "-inf")) if champion else None
+    promoted = champion is None or val_ndcg > champion_score
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    return {"name": name, "version": int(version.version), "promoted": promoted,
+            "val_ndcg_at_100": val_ndcg, "previous_champion": None if champion is None else int(champion.version),
+            "previous_champion_val_ndcg_at_100": champion_score}
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def require_model(client: MlflowClient, name: str):
+    """The registered model ``name``, or an error listing the registered models."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        known = [m.name for m in client.search_registered_models()]
+        raise LookupError(f"no registered model named {name!r}; registered models: {known or 'none'}") from None
+
+
+def resolve(client: MlflowClient, name: str, ref: str):
+    """A version by number or alias, with an error that names what exists."""
+    require_model(client, name)
+    if ref.isdigit():
+        numbers = [v.version for v in client.search_model_versions(f"name='{name}'")]
+        if ref not in numbers:
+            raise LookupError(f"model {name!r} has no version {ref}; versions: {sorted(numbers, key=int) or 'none'}")
+    found = client.get_model_version(name, ref) if ref.isdigit() else _alias_version(client, name, ref)
+    if found is None:
+        aliases = client.get_registered_model(name).aliases
+        raise LookupError(f"model {name!r} has no alias {ref!r}; aliases: {aliases or 'none'}")
+    return found
+
+
+def versions(client: MlflowClient, name: str) -> list[dict]:
+    """Every version with its aliases, run, validation and test metrics."""
+    aliases = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+        metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
+        rows.append({"version": int(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
+                     "run_id": v.run_id, SCORE_TAG: float(v.tags.get(SCORE_TAG, "nan")),
+                     **{k: metrics[k] for k in sorted(metrics) if k.startswith("test_")}})
+    return rows
+
+
+def lineage(client: MlflowClient, name: str, ref: str) -> dict:
+    """Run, dataset and config behind a version or alias."""
+    version = resolve(client, name, ref)
+    run = client.get_run(version.run_id)
+    params = run.data.params
+    return {"model": name, "version": int(version.version), "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id, "status": run.info.status,
+            "dataset": {k.removeprefix("data."): v for k, v in params.items() if k.startswith("data.")},
+            "config": {k: v for k, v in params.items() if not k.startswith("data.")},
+            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recoder_dist.registry", description=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--name", default="recoder", help="registered model name (default recoder)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="versions with aliases and metrics")
+    promote = commands.add_parser("promote", help="point an alias at a version")
+    promote.add_argument("version", help="version number")
+    promote.add_argument("--alias", default=CHAMPION)
+    demote = commands.add_parser("demote", help="remove an alias")
+    demote.add_argument("alias")
+    show = commands.add_parser("lineage", help="run, dataset and config of a version or alias")
+    show.add_argument("ref", help="version number or alias")
+    args = parser.parse_args(argv)
+
+    client = MlflowClient(tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    try:
+        if args.command == "list":
+            require_model(client, args.name)
+            output = versions(client, args.name)
+        elif args.command == "promote":
+            resolve(client, args.name, args.version)
+            client.set_registered_model_alias(args.name, args.alias, args.version)
+            output = {"name": args.name, "alias": args.alias, "version": int(args.version)}
+        elif args.command == "demote":
+            resolve(client, args.name, args.alias)
+            client.delete_registered_model_alias(args.name, args.alias)
+            output = {"name": args.name, "removed_alias": args.alias}
+        else:
+            output = lineage(client, args.name, args.ref)
+    except (LookupError, MlflowException) as error:
+        message = error.message if isinstance(error, MlflowException) else str(error)
+        print(f"registry: error: {message}", file=sys.stderr)
+        return 2
+    print(json.dumps(output, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""MLflow tracking for training runs (rank 0 only): params, per-epoch metrics, artifacts, model.
+
+One training run is one MLflow run; a run resumed with ``--resume`` reopens the same MLflow
+run (its id is kept in the checkpoint), and a crashed or killed run is marked FAILED.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow
+import pandas as pd
+import pyarrow.parquet as pq
+from mlflow.tracking import MlflowClient
+
+from recoder_dist.config import Config, MlflowConfig, dumps
+from recoder_dist.recommender import Recommender
+from recoder_dist import mlflow_model, registry
+
+METRIC_NAMES = {"train_loss", "val_recall_at_20", "val_recall_at_50", "val_ndcg_at_100", "users_per_s",
+                "epoch_s", "target_size"}
+
+
+def configure(config: MlflowConfig) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    mlflow.set_tracking_uri(config.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(config.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        location = config.artifact_location
+        if "://" not in location:
+            location = Path(location).resolve().as_uri()
+        experiment_id = mlflow.create_experiment(config.experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+class MlflowTracker:
+    """Records one training run in MLflow and registers its model."""
+
+    def __init__(self, config: Config, manifest: dict, data_dir: str, ranks: int, device: str,
+                 run_id: Optional[str] = None) -> None:
+        configure(config.mlflow)
+        self.config, self.manifest, self.data_dir = config, manifest, data_dir
+        self.run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
+        self.run_id = self.run.info.run_id
+        if run_id is None:
+            mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
+            mlflow.log_params({
+                "data.path": str(Path(data_dir).resolve()), "data.fingerprint": manifest["source"].get("fingerprint"),
+                "data.schema_version": manifest["schema_version"], "data.num_items": manifest["num_items"],
+                **{f"data.num_users.{k}": v for k, v in manifest["num_users"].items()},
+                "data.nnz_train": manifest["nnz"]["train"]["items"]})
+            mlflow.set_tags({"git_commit": _git_commit(), "horovod_size": ranks, "device": device})
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({k: v for k, v in metrics.items() if k in METRIC_NAMES}, step=epoch)
+
+    def finish(self, result: Any, checkpoint_state: dict) -> dict:
+        """Log test metrics and artifacts, log and register the best model; returns the registration."""
+        mlflow.log_metrics({f"test_{k}": v for k, v in result.test.items()})
+        mlflow.log_metrics({f"best_val_{k}": v for k, v in result.best_validation.items()})
+        mlflow.log_metric("best_epoch", result.best_epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            (out / "config.yaml").write_text(dumps(self.config))
+            (out / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
+            (out / "test_metrics.json").write_text(json.dumps(result.test, indent=2))
+            plot_curves(result.history, out / "training_curves.png")
+            for name in ("config.yaml", "manifest.json", "test_metrics.json", "training_curves.png"):
+                mlflow.log_artifact(str(out / name))
+            recommender = self._recommender(checkpoint_state)
+            saved = recommender.save(out / "recommender", self.config.to_dict()["model"])
+            info = mlflow_model.log_model(saved, recommender.item_ids[:3].astype(str).tolist())
+        val_ndcg = result.best_validation.get("ndcg_at_100", float("nan"))
+        registration = registry.register(MlflowClient(), self.config.mlflow.registered_model, info.model_uri,
+                                         self.run_id, val_ndcg)
+        mlflow.set_tags({"registered_model": registration["name"], "registered_version": registration["version"]})
+        mlflow.end_run("FINISHED")
+        return registration
+
+    def _recommender(self, state: dict) -> Recommender:
+        from recoder_dist.trainer import build_model
+        items = pq.read_table(Path(self.data_dir) / "items").to_pandas().sort_values("item_idx")
+        model = build_model(int(self.manifest["num_items"]), self.config)
+        model.load_state_dict(state["model"])
+        return Recommender(model, items["item_id"].astype(str).tolist(), items["count"].to_numpy())
+
+    def fail(self) -> None:
+        mlflow.end_run("FAILED")
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    """Training loss and validation metrics over epochs, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(history)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(frame["epoch"], frame["train_loss"], marker="o")
+    left.set(title="train loss", xlabel="epoch", ylabel="loss")
+    for column in [c for c in frame.columns if c.startswith("val_")]:
+        valid = frame[["epoch", column]].dropna()
+        right.plot(valid["epoch"], valid[column], marker="o", label=column.removeprefix("val_"))
+    right.set(title="validation", xlabel="epoch")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _param(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
