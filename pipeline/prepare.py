@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import time
-import uuid
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import transform
+from pipeline.output import check_output, staged
 from pipeline.manifest import MANIFEST, SCHEMA_VERSION, fingerprint, write_manifest
 from pipeline.sources import InputError, read_interactions, resolve_layout
 from recoder_dist.config import PrepareConfig
@@ -39,46 +38,19 @@ def prepare(spark: SparkSession, input_path: str, output: str, fmt: str,
     """Run the whole job and return the manifest it wrote."""
     started = time.perf_counter()
     out = Path(output).resolve()
-    _check_output(out, overwrite)
+    check_output(out, overwrite, MANIFEST)
     layout = resolve_layout(input_path, fmt, config)
     log.info("reading %d %s file(s) from %s (columns user=%s item=%s value=%s timestamp=%s)",
              len(layout.paths), layout.fmt, input_path, layout.user_col, layout.item_col,
              layout.value_col, layout.timestamp_col)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with staged(out) as tmp:
         manifest = _build(spark, layout, tmp, config)
         manifest["source"].update(path=str(Path(input_path).resolve()), format=fmt,
                                   fingerprint=fingerprint(layout.paths))
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_manifest(tmp, manifest)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote %s in %.1f s", out, manifest["seconds"])
     return manifest
-
-
-def _check_output(out: Path, overwrite: bool) -> None:
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        log.warning("removing %s, left by a prepare job that did not finish", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    if not out.exists():
-        return
-    if not overwrite:
-        raise FileExistsError(f"output {out} already exists; pass --overwrite to replace it")
-    if out.is_file() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
-        raise FileExistsError(f"output {out} exists and is not a prepared dataset (no {MANIFEST}); "
-                              f"refusing to replace it even with --overwrite: choose another --output")
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(spark: SparkSession, layout, tmp: Path, config: PrepareConfig) -> dict[str, Any]:
@@ -94,6 +66,7 @@ def _build(spark: SparkSession, layout, tmp: Path, config: PrepareConfig) -> dic
                     ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
         parsed.where(F.col("reject_reason").isNotNull()).write.parquet(_uri(tmp / "rejected"))
     n_valid = reasons.get(None, 0)
+    log.info("parsed %d rows, %d valid", rows_in, n_valid)
     if n_valid == 0:
         raise InputError(f"{layout.paths[0]}: none of the {rows_in} rows is valid ({dropped})")
 
@@ -136,6 +109,7 @@ def _build(spark: SparkSession, layout, tmp: Path, config: PrepareConfig) -> dic
         "user_idx")
     dropped["heldout_user_under_2_items"] = int(heldout_counts.loc[
         heldout_counts["user_idx"].isin(too_few), "count"].sum())
+    log.info("indexed %d items and %d users", len(items), len(users))
 
     _write_table(items.astype({"item_id": str}), tmp / "items")
     _write_table(users.astype({"user_id": str}), tmp / "users")
@@ -145,6 +119,7 @@ def _build(spark: SparkSession, layout, tmp: Path, config: PrepareConfig) -> dic
         frame = (transform.user_rows(rows) if split == "train"
                  else transform.fold_in_rows(rows, config.heldout_fraction, config.seed))
         _write_split(frame, tmp / split, num_users.get(split, 0), config)
+        log.info("wrote %s (%d users)", split, num_users.get(split, 0))
 
     nnz = {split: _nnz(tmp / split) for split in transform.SPLITS}
     kept_total = sum(sum(v.values()) for v in nnz.values())
