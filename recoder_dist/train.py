@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = Workers.start()
     logging.basicConfig(level=logging.INFO if workers.is_root else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("petastorm").setLevel(logging.WARNING)  # per-reader schema notices
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # horovodrun stops ranks with SIGTERM
     tracker, run_state = None, {}
     try:

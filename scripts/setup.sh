@@ -18,7 +18,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtual environment $VENV"
   "$PY" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# this machine's pip config names local indexes that may not exist: hide only that warning
+pip_quiet() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v 'is ignored: it is neither' >&2); }
+PIP=(pip_quiet)
 "${PIP[@]}" install --upgrade 'pip>=23.2' wheel
 
 # torch first and on its own: it must never enter a resolution with petastorm (setuptools pins).
