@@ -194,9 +194,3 @@ def read_heldout(data_dir: str | Path, split: str) -> HeldoutRows:
     user_idx = table["user_idx"].to_numpy()
     return HeldoutRows(UserRows(user_idx, offsets, items, values), heldout_offsets,
                        heldout_items.astype(np.int64))
-
-
-def batched(total: int, size: int) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` windows of ``size`` over ``range(total)``."""
-    for start in range(0, total, size):
-        yield start, min(start + size, total)
