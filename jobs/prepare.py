@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # spark-submit 
 
 from pipeline.manifest import DatasetError  # noqa: E402
 from pipeline.sources import FORMATS, InputError  # noqa: E402
+from pipeline.spark import driver_stderr  # noqa: E402
 from recoder_dist.config import ConfigError, load_config  # noqa: E402
 
 
@@ -39,8 +40,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    stderr = driver_stderr()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+                        datefmt="%H:%M:%S", stream=stderr)
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines would follow the summary
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         spark = spark_session("recoder-prepare", args.master or "local[*]")
         manifest = prepare(spark, args.input, args.output, args.format, config.prepare, args.overwrite)
     except (ConfigError, InputError, DatasetError, FileExistsError, ValueError) as error:
-        print(f"prepare: error: {error}", file=sys.stderr)
+        print(f"prepare: error: {error}", file=stderr)
         return 2
     summary = {k: manifest[k] for k in ("num_items", "num_users", "nnz", "interactions")}
     print(json.dumps({"output": str(Path(args.output).resolve()), **summary}))

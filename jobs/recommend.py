@@ -45,13 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines would follow the summary
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
         config = load_config(args.config, args.overrides)
         tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
-        model_path = download_model(args.model, tracking_uri)
         from pipeline import recommend
+        from pipeline.output import check_output
+        check_output(Path(args.output).resolve(), args.overwrite, recommend.SUMMARY)  # before Spark starts
+        model_path = download_model(args.model, tracking_uri)
         from pipeline.sources import resolve_layout
         from pipeline.spark import spark_session
         spark = spark_session("recoder-recommend", args.master or "local[*]")

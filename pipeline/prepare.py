@@ -55,8 +55,18 @@ def prepare(spark: SparkSession, input_path: str, output: str, fmt: str,
 
 def _build(spark: SparkSession, layout, tmp: Path, config: PrepareConfig) -> dict[str, Any]:
     parsed = read_interactions(spark, layout)
-    canonical = parsed.select("user_id", "item_id", "value", "timestamp", "reject_reason").cache()
-    reasons = {r["reject_reason"]: r["count"] for r in canonical.groupBy("reject_reason").count().collect()}
+    # One pass over the input: valid rows merged per (user, item), rejected rows counted per
+    # reason (their ids blanked, so that each reason is a single group).
+    valid = F.col("reject_reason").isNull()
+    keyed = parsed.select(F.when(valid, F.col("user_id")).alias("user_id"),
+                          F.when(valid, F.col("item_id")).alias("item_id"), "value", "timestamp", "reject_reason")
+    merged = transform.merge_duplicates(keyed, config.duplicates,
+                                        keys=("reject_reason", "user_id", "item_id")).localCheckpoint()
+    threshold = config.rating_threshold if config.rating_threshold is not None else 0.0
+    summary = merged.groupBy("reject_reason").agg(
+        F.sum("rows").alias("rows"), F.count(F.lit(1)).alias("pairs"),
+        F.sum((F.col("value") > threshold).cast("long")).alias("above")).collect()
+    reasons = {r["reject_reason"]: r["rows"] for r in summary}
     rows_in = sum(reasons.values())
     if rows_in == 0:
         raise InputError(f"{layout.paths[0]}: the input holds no interactions")
@@ -64,27 +74,23 @@ def _build(spark: SparkSession, layout, tmp: Path, config: PrepareConfig) -> dic
     if dropped:
         log.warning("rejected %d of %d rows (%s); they are in rejected/", sum(dropped.values()), rows_in,
                     ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
-        parsed.where(F.col("reject_reason").isNotNull()).write.parquet(_uri(tmp / "rejected"))
+        parsed.where(~valid).write.parquet(_uri(tmp / "rejected"))
     n_valid = reasons.get(None, 0)
     log.info("parsed %d rows, %d valid", rows_in, n_valid)
     if n_valid == 0:
         raise InputError(f"{layout.paths[0]}: none of the {rows_in} rows is valid ({dropped})")
 
-    pairs = transform.merge_duplicates(canonical.where(F.col("reject_reason").isNull()),
-                                       config.duplicates).localCheckpoint()
-    n_pairs = pairs.count()
-    canonical.unpersist()
+    n_pairs, n_above = next((r["pairs"], r["above"]) for r in summary if r["reject_reason"] is None)
     dropped["duplicate_merged"] = n_valid - n_pairs
-    threshold = config.rating_threshold if config.rating_threshold is not None else 0.0
-    kept_pairs = transform.apply_threshold(pairs, threshold, config.binarize)
-    filtered = transform.filter_min_counts(kept_pairs, config.min_user_interactions,
-                                           config.min_item_interactions, config.max_filter_rounds)
-    n_thresholded = filtered.pairs.count() + filtered.dropped_by_user_count + filtered.dropped_by_item_count
-    dropped["at_or_below_threshold"] = n_pairs - n_thresholded
+    dropped["at_or_below_threshold"] = n_pairs - n_above
+    pairs = merged.where(valid).select("user_id", "item_id", "value")
+    filtered = transform.filter_min_counts(transform.apply_threshold(pairs, threshold, config.binarize),
+                                           config.min_user_interactions, config.min_item_interactions,
+                                           config.max_filter_rounds)
     dropped["user_below_min_count"] = filtered.dropped_by_user_count
     dropped["item_below_min_count"] = filtered.dropped_by_item_count
     log.info("%d rows -> %d (user, item) pairs -> %d above threshold -> %d after %d filter round(s)",
-             rows_in, n_pairs, n_thresholded, n_thresholded - filtered.dropped_by_user_count
+             rows_in, n_pairs, n_above, n_above - filtered.dropped_by_user_count
              - filtered.dropped_by_item_count, filtered.rounds)
 
     user_ids = filtered.pairs.select("user_id").distinct().toPandas()["user_id"]
@@ -94,8 +100,9 @@ def _build(spark: SparkSession, layout, tmp: Path, config: PrepareConfig) -> dic
     users = transform.split_users(user_ids, config.validation_users, config.test_users, config.seed)
     joined = filtered.pairs.join(transform.to_spark(spark, users), "user_id")
     items = transform.index_items(joined.where(F.col("split") == "train"))
-    indexed = joined.join(transform.to_spark(spark, items[["item_id", "item_idx"]]), "item_id", "left")
-    indexed = indexed.withColumn("unseen", F.col("item_idx").isNull()).localCheckpoint()
+    indexed = (joined.join(transform.to_spark(spark, items[["item_id", "item_idx"]]), "item_id", "left")
+               .select("user_idx", "item_idx", "value", "split", F.col("item_idx").isNull().alias("unseen"))
+               .localCheckpoint())
 
     heldout_counts = (indexed.where((F.col("split") != "train") & ~F.col("unseen"))
                       .groupBy("user_idx").count().toPandas())
@@ -161,7 +168,9 @@ def _write_split(frame: DataFrame, directory: Path, num_rows: int, config: Prepa
     """
     ranks, per_rank = ((config.max_ranks, config.row_groups_per_rank) if directory.name == "train" else (1, 1))
     groups = transform.num_row_groups(num_rows, ranks, per_rank, config.max_rows_per_group)
-    (frame.repartitionByRange(groups, "user_idx").sortWithinPartitions("user_idx")
+    # Materialised first: range partitioning samples its input in a job of its own, which would
+    # otherwise compute the per-user lists twice.
+    (frame.localCheckpoint().repartitionByRange(groups, "user_idx").sortWithinPartitions("user_idx")
      .write.option("parquet.block.size", ROW_GROUP_BYTES).parquet(_uri(directory)))
 
 

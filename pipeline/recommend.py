@@ -5,6 +5,7 @@ The model is downloaded once on the driver and loaded once per partition in the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -38,8 +39,11 @@ def split_histories(spark: SparkSession, data_dir: str, split: str) -> DataFrame
 
 
 def raw_histories(spark: SparkSession, layout: Layout) -> tuple[DataFrame, dict[str, int]]:
-    """``user_id, items`` from a CSV/Parquet of (user, item) rows, and the counts of rejected rows."""
-    rows = read_interactions(spark, layout).cache()
+    """``user_id, items`` from a CSV/Parquet of (user, item) rows, and the counts of rejected rows.
+
+    Only the user and item columns are read: histories are scored as sets of items, so an
+    input needs no value or timestamp column (and bad ones reject no rows)."""
+    rows = read_interactions(spark, dataclasses.replace(layout, value_col=None, timestamp_col=None)).cache()
     rejected = {r["reject_reason"]: r["count"] for r in
                 rows.where(F.col("reject_reason").isNotNull()).groupBy("reject_reason").count().collect()}
     histories = (rows.where(F.col("reject_reason").isNull()).groupBy("user_id")

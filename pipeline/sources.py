@@ -166,6 +166,9 @@ def _read_raw(spark: SparkSession, layout: Layout) -> DataFrame:
     if layout.fmt == "parquet":
         return spark.read.parquet(*layout.paths)
     names = layout.column_names or _header_names(layout)
+    # With column pruning the parser tokenizes only the columns a query uses, and a row with too
+    # few or too many fields is then not flagged as malformed when some column goes unused.
+    spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
     schema = T.StructType([T.StructField(n, T.StringType()) for n in names]
                           + [T.StructField(CORRUPT, T.StringType())])
     frame = (spark.read.option("header", layout.header).option("sep", layout.delimiter)

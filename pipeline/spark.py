@@ -1,7 +1,10 @@
 """The SparkSession used by jobs and tests."""
 from __future__ import annotations
 
-from typing import Optional
+import io
+import os
+import sys
+from typing import Optional, TextIO
 
 from pyspark.sql import SparkSession
 
@@ -13,6 +16,40 @@ def spark_session(app_name: str, master: Optional[str] = None) -> SparkSession:
         builder = builder.master(master)
     spark = (builder.config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.adaptive.enabled", "true")
+             .config("spark.sql.execution.arrow.pyspark.enabled", "true")  # id maps to/from pandas
              .getOrCreate())
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+class _JvmStderr(io.TextIOBase):
+    """Text written to the JVM's ``System.err``."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.print(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def driver_stderr() -> TextIO:
+    """The terminal's stderr, for a job's errors and progress lines.
+
+    Under spark-submit the driver's Python stderr is merged into its stdout (Spark's
+    PythonRunner redirects it), mixing errors and logs with what the job prints as its result.
+    The JVM's own stderr is still the terminal's, and spark-submit has already started the
+    gateway that reaches it. Elsewhere this is ``sys.stderr``.
+    """
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return sys.stderr
+    try:
+        from pyspark import SparkContext
+
+        SparkContext._ensure_initialized()
+        return _JvmStderr(SparkContext._jvm.System.err)
+    except Exception:  # no gateway after all: the merged stream is better than none
+        return sys.stderr

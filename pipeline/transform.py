@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,12 @@ from pyspark.sql import functions as F
 SPLITS = ("train", "validation", "test")
 
 
-def merge_duplicates(rows: DataFrame, how: str) -> DataFrame:
-    """One row per (user, item): values summed, the maximum kept, or the latest (by timestamp) kept."""
+def merge_duplicates(rows: DataFrame, how: str, keys: Sequence[str] = ("user_id", "item_id")) -> DataFrame:
+    """One row per (user, item): values summed, the maximum kept, or the latest (by timestamp) kept.
+
+    ``rows`` (the output column) counts the input rows merged into each pair. ``keys`` may add
+    grouping columns (the prepare job groups by reject reason too, to count rejects in the same pass).
+    """
     if how == "sum":
         value = F.sum("value")
     elif how == "max":
@@ -26,7 +31,7 @@ def merge_duplicates(rows: DataFrame, how: str) -> DataFrame:
         value = F.max_by("value", F.coalesce(F.col("timestamp"), F.lit(float("-inf"))))
     else:
         raise ValueError(f"unknown duplicates policy {how!r} (sum, max, last)")
-    return rows.groupBy("user_id", "item_id").agg(value.alias("value"))
+    return rows.groupBy(*keys).agg(value.alias("value"), F.count(F.lit(1)).alias("rows"))
 
 
 def apply_threshold(pairs: DataFrame, threshold: float, binarize: bool) -> DataFrame:
@@ -49,10 +54,10 @@ def filter_min_counts(pairs: DataFrame, min_user: int, min_item: int, max_rounds
     """Repeatedly drop users with < ``min_user`` and items with < ``min_item`` interactions.
 
     Dropping users can push items under their limit and vice versa, so the rules are applied in
-    turn until each has passed once without removing anything since the other last did.
+    turn until each has passed once without removing anything since the other last did. Only a
+    rule that removes something materialises a new frame (``localCheckpoint``).
     """
-    current = pairs.localCheckpoint()
-    total = current.count()
+    current = pairs
     rules = [(column, minimum) for column, minimum in (("user_id", min_user), ("item_id", min_item))
              if minimum > 1]
     dropped = {"user_id": 0, "item_id": 0}
@@ -63,12 +68,15 @@ def filter_min_counts(pairs: DataFrame, min_user: int, min_item: int, max_rounds
         if rounds > max_rounds:
             raise ValueError(f"filtering did not converge in {max_rounds} rounds; raise prepare.max_filter_rounds")
         for column, minimum in rules:
-            keep = current.groupBy(column).count().where(F.col("count") >= minimum).select(column)
-            current = current.join(keep, column, "left_semi").localCheckpoint()
-            after = current.count()
-            dropped[column] += total - after
-            satisfied = {column} if after < total else satisfied | {column}
-            total = after
+            counts = current.groupBy(column).agg(F.count(F.lit(1)).alias("n")).localCheckpoint()
+            removed = counts.where(F.col("n") < minimum).agg(F.sum("n")).first()[0] or 0
+            if removed:
+                keep = counts.where(F.col("n") >= minimum).select(column)
+                current = current.join(keep, column, "left_semi").localCheckpoint()
+                dropped[column] += removed
+                satisfied = {column}
+            else:
+                satisfied.add(column)
             if len(satisfied) == len(rules):
                 break
     return FilterResult(current, dropped["user_id"], dropped["item_id"], rounds)
@@ -119,14 +127,15 @@ def fold_in_rows(indexed: DataFrame, heldout_fraction: float, seed: int) -> Data
     """Held-out users' rows split into fold-in (~80%) and held-out (~20%) items.
 
     The held-out items of a user are a seeded random choice (hash of seed, user and item), of
-    size ``max(1, round(fraction * n))``; every user keeps at least one fold-in item. Users
-    with fewer than two items cannot be split and must be removed before this call.
+    size ``max(1, round(fraction * n))`` capped at ``n - 1``, so that every user keeps at least
+    one fold-in item. Users with fewer than two items cannot be split and must be removed
+    before this call.
     """
     keyed = indexed.withColumn("key", F.xxhash64(F.lit(seed), "user_idx", "item_idx"))
     grouped = keyed.groupBy("user_idx").agg(
         F.array_sort(F.collect_list(F.struct("key", "item_idx", "value"))).alias("shuffled"))
     n = F.size("shuffled")
-    n_heldout = F.greatest(F.lit(1), F.round(n * heldout_fraction).cast("int"))
+    n_heldout = F.least(n - 1, F.greatest(F.lit(1), F.round(n * heldout_fraction).cast("int")))
     heldout = F.array_sort(F.transform(F.slice("shuffled", 1, n_heldout),
                                        lambda s: F.struct(s["item_idx"].alias("i"), s["value"].alias("v"))))
     foldin = F.array_sort(F.transform(F.slice("shuffled", n_heldout + 1, n),

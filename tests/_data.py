@@ -1,0 +1,238 @@
+"""Data and training runs shared by the test modules (feed, contract, resume, MLflow).
+
+A small synthetic dataset is prepared once per test session with the shared ``spark`` fixture,
+and training subprocesses (one process or ``horovodrun -np 2``) are run through
+``tests/_train_worker.py``, which writes one JSON report per rank. Runs are cached by their
+arguments, so modules that need the same run (the Horovod contract and the resume test's
+uninterrupted reference) share it. The MLflow, registry, recommend-job and serving tests share
+one model trained with the product entry point and registered in a private sqlite store
+(:func:`registered_model`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "_train_worker.py"
+
+# 1500 users x 400 items, ~30 interactions each: ~1200 train users after the default's rules.
+SYNTHETIC = dict(num_users=1500, num_items=400, mean_interactions=30, num_factors=16, seed=7)
+# 16 train row groups: 8 per rank at np 2, so Petastorm's shards are balanced to a group.
+PREPARE = dict(rating_threshold=3.5, binarize=True, duplicates="max", min_user_interactions=5,
+               validation_users=0.1, test_users=0.1, heldout_fraction=0.2, max_ranks=4,
+               row_groups_per_rank=4, max_rows_per_group=1000, seed=11)
+# Small and quick; train.batch_size is per rank, so a run on R ranks passes GLOBAL_BATCH // R.
+TRAIN = ["model.hidden_sizes=[64]", "train.epochs=5", "train.lr=0.01", "train.milestones=[100]",
+         "train.num_sampling_users=0", "train.eval_batch_size=500", "train.reader_workers=1",
+         "mlflow.enabled=false"]
+GLOBAL_BATCH = 100
+
+_prepared: dict[str, Path] = {}
+_runs: dict[tuple, "Run"] = {}
+
+
+def prepared_dataset(spark, base: Path) -> Path:
+    """The session's small prepared dataset (prepared on first use, then reused)."""
+    key = str(base)
+    if key not in _prepared:
+        from pipeline.prepare import prepare
+        from pipeline.synthetic import generate, write
+        from recoder_dist.config import PrepareConfig, SyntheticConfig
+
+        folder = base / "trainer-data"
+        folder.mkdir(parents=True, exist_ok=True)
+        source = write(generate(SyntheticConfig(**SYNTHETIC)), folder / "interactions.csv")
+        prepare(spark, str(source), str(folder / "prepared"), "auto", PrepareConfig(**PREPARE))
+        _prepared[key] = folder / "prepared"
+    return _prepared[key]
+
+
+def train_table(data_dir: Path):
+    """The train split as pyarrow reads it: ``{user_idx: (items, values)}``."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(data_dir) / "train").to_pydict()
+    return {u: (np.asarray(i, np.int64), np.asarray(v, np.float32))
+            for u, i, v in zip(table["user_idx"], table["items"], table["values"])}
+
+
+def item_counts(data_dir: Path) -> np.ndarray:
+    """Training popularity of each item (``<data>/items``), indexed by item id."""
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(Path(data_dir) / "items").to_pandas()
+    counts = np.zeros(len(items), dtype=np.float64)
+    counts[items["item_idx"].to_numpy()] = items["count"].to_numpy()
+    return counts
+
+
+def environment(ranks: int) -> dict[str, str]:
+    """Environment of a training subprocess: the repository importable, one thread per rank."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def command(ranks: int, data_dir: Path, out: Path, overrides: Sequence[str], resume: bool = False) -> list[str]:
+    """``[horovodrun -np R] python tests/_train_worker.py ...``."""
+    worker = [sys.executable, str(WORKER), "--data", str(data_dir), "--out", str(out)]
+    worker += ["--resume"] if resume else []
+    worker += list(overrides)
+    if ranks == 1:
+        return worker
+    horovodrun = str(Path(sys.executable).with_name("horovodrun"))
+    return [horovodrun, "-np", str(ranks), "--gloo", *worker]
+
+
+@dataclass
+class Run:
+    """One finished training run: each rank's report and the run's settings."""
+
+    ranks: int
+    batch_size: int
+    out: Path
+    checkpoint_dir: Path
+    reports: list[dict]
+    seconds: float
+
+    @property
+    def root(self) -> dict:
+        return self.reports[0]
+
+
+def train(ranks: int, data_dir: Path, base: Path, name: str, extra: Sequence[str] = (),
+          resume: bool = False, checkpoint_dir: Optional[Path] = None, timeout: float = 240) -> Run:
+    """Train (cached by arguments) and return every rank's report; fails with the run's output."""
+    import time
+
+    key = (ranks, str(data_dir), name, tuple(extra), resume)
+    if key in _runs:
+        return _runs[key]
+    out = base / f"run-{name}-np{ranks}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    checkpoint_dir = checkpoint_dir or out / "checkpoints"
+    batch = GLOBAL_BATCH // ranks
+    overrides = [*TRAIN, f"train.batch_size={batch}", f"train.checkpoint_dir={checkpoint_dir}", *extra]
+    started = time.perf_counter()
+    done = subprocess.run(command(ranks, data_dir, out, overrides, resume), cwd=ROOT, env=environment(ranks),
+                          capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, f"training failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    reports = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(ranks)]
+    _runs[key] = Run(ranks, batch, out, checkpoint_dir, reports, seconds)
+    return _runs[key]
+
+
+# --- one trained and registered model (MLflow, registry, recommend job and serving tests) ---
+
+MODEL_NAME = "recoder-test"
+MLFLOW_TRAIN = ["model.hidden_sizes=[64]", "train.epochs=2", "train.lr=0.003", "train.milestones=[100]",
+                "train.num_sampling_users=0", "train.eval_batch_size=500", "train.reader_workers=1",
+                f"mlflow.registered_model={MODEL_NAME}"]
+
+
+def mlflow_store(folder: Path) -> tuple[str, list[str]]:
+    """A private MLflow store in ``folder``: its tracking URI and the config overrides that use it
+    (sqlite registry, artifacts and checkpoints all under ``folder``, never the repository's)."""
+    folder = Path(folder).resolve()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return uri, [f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={folder / 'mlruns'}",
+                 f"train.checkpoint_dir={folder / 'checkpoints'}"]
+
+
+def train_command(ranks: int, data_dir: Path, folder: Path, extra: Sequence[str] = (),
+                  resume: bool = False) -> list[str]:
+    """``[horovodrun -np R] python -m recoder_dist.train`` (the product entry point) into ``folder``'s store."""
+    _, store = mlflow_store(folder)
+    overrides = [*MLFLOW_TRAIN, f"train.batch_size={GLOBAL_BATCH // ranks}", *store, *extra]
+    worker = [sys.executable, "-m", "recoder_dist.train", "--data", str(data_dir), *(["--resume"] if resume else []),
+              *overrides]
+    if ranks == 1:
+        return worker
+    return [str(Path(sys.executable).with_name("horovodrun")), "-np", str(ranks), "--gloo", *worker]
+
+
+def train_result(stdout: str) -> dict:
+    """The JSON line ``recoder_dist.train`` prints at the end (rank 0; horovodrun prefixes it)."""
+    lines = [line[line.index('{"test"'):] for line in stdout.splitlines() if '{"test"' in line]
+    assert lines, f"no result line in the training output:\n{stdout[-4000:]}"
+    return json.loads(lines[-1])
+
+
+@dataclass
+class Registered:
+    """The session's model: trained by ``horovodrun -np 2`` on the small dataset, logged and registered."""
+
+    data_dir: Path
+    folder: Path
+    tracking_uri: str
+    name: str
+    result: dict
+    seconds: float
+
+    @property
+    def run_id(self) -> str:
+        return self.result["mlflow_run_id"]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.folder / "checkpoints"
+
+    def load_pyfunc(self, ref: str = "champion"):
+        """``mlflow.pyfunc.load_model("models:/NAME@REF")`` from this store (the process's
+        tracking URI is restored afterwards)."""
+        import mlflow
+
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        try:
+            return mlflow.pyfunc.load_model(f"models:/{self.name}@{ref}")
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
+_registered: dict[str, Registered] = {}
+
+
+def registered_model(spark, base: Path, timeout: float = 300) -> Registered:
+    """Train and register the session's model once (2 epochs, 2 ranks) in its own MLflow store.
+
+    Tests that only read it share it; tests that change aliases or runs use a store of their own."""
+    import time
+
+    key = str(base)
+    if key not in _registered:
+        data_dir = prepared_dataset(spark, base)
+        folder = Path(base) / "mlflow-model"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        started = time.perf_counter()
+        done = subprocess.run(train_command(2, data_dir, folder), cwd=folder, env=environment(2),
+                              capture_output=True, text=True, timeout=timeout)
+        seconds = time.perf_counter() - started
+        assert done.returncode == 0, f"training failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        uri, _ = mlflow_store(folder)
+        _registered[key] = Registered(data_dir, folder, uri, MODEL_NAME, train_result(done.stdout), seconds)
+    return _registered[key]
+
+
+def original_histories(data_dir: Path, split: str) -> dict[str, list[str]]:
+    """``{user_id: fold-in item ids}`` of a prepared split, in original ids (as the models take them)."""
+    import pyarrow.parquet as pq
+
+    users = pq.read_table(Path(data_dir) / "users").to_pandas().set_index("user_idx")["user_id"]
+    items = pq.read_table(Path(data_dir) / "items").to_pandas().set_index("item_idx")["item_id"]
+    rows = pq.read_table(Path(data_dir) / split, columns=["user_idx", "items"]).to_pydict()
+    return {users[u]: items[list(i)].tolist() for u, i in zip(rows["user_idx"], rows["items"])}

@@ -1,0 +1,148 @@
+"""Alias policy and CLI of the model registry, on a real (temporary) sqlite MLflow registry.
+
+Model versions point at fake model URIs: the policy and the CLI never load a model.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from recoder_dist import registry
+from recoder_dist.registry import CANDIDATE, CHAMPION
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A private registry (one per module: creating a sqlite store costs seconds; every test
+    registers its own model name)."""
+    folder = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("registry-tests", artifact_location=(folder / "mlruns").as_uri())
+    return uri, client, experiment
+
+
+@pytest.fixture
+def name(request) -> str:
+    return request.node.name.replace("[", "-").replace("]", "")
+
+
+def training_run(client: MlflowClient, experiment: str, test_ndcg: float) -> str:
+    """A finished run shaped like a training run (config and data.* params, test metrics)."""
+    run = client.create_run(experiment)
+    run_id = run.info.run_id
+    for key, value in {"train.lr": "0.001", "model.hidden_sizes": "[64]", "data.num_items": "400",
+                       "data.fingerprint": "abc123"}.items():
+        client.log_param(run_id, key, value)
+    client.log_metric(run_id, "test_ndcg_at_100", test_ndcg)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def register(store, name: str, val_ndcg: float, uri: str | None = None) -> dict:
+    _, client, experiment = store
+    run_id = training_run(client, experiment, val_ndcg - 0.01)
+    return registry.register(client, name, uri or f"runs:/{run_id}/model", run_id, val_ndcg)
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, int]:
+    return {alias: int(version) for alias, version in client.get_registered_model(name).aliases.items()}
+
+
+def test_first_version_becomes_champion(store, name):
+    result = register(store, name, 0.30)
+    assert result["version"] == 1 and result["promoted"] and result["previous_champion"] is None
+    assert aliases(store[1], name) == {CANDIDATE: 1, CHAMPION: 1}
+    assert store[1].get_model_version(name, "1").tags[registry.SCORE_TAG] == "0.300000"
+
+
+def test_a_worse_version_is_candidate_only(store, name):
+    register(store, name, 0.30)
+    result = register(store, name, 0.20)
+    assert result["version"] == 2 and not result["promoted"]
+    assert result["previous_champion"] == 1 and result["previous_champion_val_ndcg_at_100"] == pytest.approx(0.3)
+    assert aliases(store[1], name) == {CANDIDATE: 2, CHAMPION: 1}
+    register(store, name, 0.30)  # a tie does not move the champion either
+    assert aliases(store[1], name) == {CANDIDATE: 3, CHAMPION: 1}
+
+
+def test_a_better_version_takes_champion(store, name):
+    register(store, name, 0.30)
+    register(store, name, 0.20)
+    result = register(store, name, 0.40)
+    assert result["version"] == 3 and result["promoted"] and result["previous_champion"] == 1
+    assert aliases(store[1], name) == {CANDIDATE: 3, CHAMPION: 3}
+
+
+def test_versions_are_never_overwritten(store, name):
+    sources = [f"file:///models/fake-{i}" for i in range(3)]
+    results = [register(store, name, score, uri) for score, uri in zip([0.3, 0.5, 0.1], sources)]
+    register(store, name, 0.2, sources[0])  # the same model again: a new version too
+    assert [r["version"] for r in results] == [1, 2, 3]
+    found = {int(v.version): v.source for v in store[1].search_model_versions(f"name='{name}'")}
+    assert found == {1: sources[0], 2: sources[1], 3: sources[2], 4: sources[0]}
+    assert [row["version"] for row in registry.versions(store[1], name)] == [1, 2, 3, 4]
+
+
+def cli(store, *args: str) -> tuple[int, str, str]:
+    """``python -m recoder_dist.registry --tracking-uri STORE ...`` in this process (the process
+    itself, ``sys.exit(main())``, is run once below: its start-up costs seconds)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = registry.main(["--tracking-uri", store[0], *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_lists_promotes_demotes_and_shows_lineage(store, name):
+    register(store, name, 0.30)
+    register(store, name, 0.20)
+    done = subprocess.run([sys.executable, "-m", "recoder_dist.registry", "--tracking-uri", store[0], "--name", name,
+                           "list"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert [(row["version"], row["aliases"]) for row in listed] == [(1, [CHAMPION]), (2, [CANDIDATE])]
+    assert listed[0]["val_ndcg_at_100"] == pytest.approx(0.3)
+    assert listed[0]["test_ndcg_at_100"] == pytest.approx(0.29)
+
+    code, out, _ = cli(store, "--name", name, "promote", "2")
+    assert code == 0 and json.loads(out) == {"name": name, "alias": CHAMPION, "version": 2}
+    assert aliases(store[1], name) == {CANDIDATE: 2, CHAMPION: 2}
+    code, out, _ = cli(store, "--name", name, "promote", "1", "--alias", "staging")
+    assert code == 0 and aliases(store[1], name) == {CANDIDATE: 2, CHAMPION: 2, "staging": 1}
+    code, out, _ = cli(store, "--name", name, "demote", CANDIDATE)
+    assert code == 0 and json.loads(out) == {"name": name, "removed_alias": CANDIDATE}
+    assert aliases(store[1], name) == {CHAMPION: 2, "staging": 1}
+
+    code, out, _ = cli(store, "--name", name, "lineage", "staging")
+    shown = json.loads(out)
+    assert code == 0 and shown["version"] == 1 and shown["status"] == "FINISHED"
+    assert shown["run_id"] == store[1].get_model_version(name, "1").run_id
+    assert shown["dataset"] == {"num_items": "400", "fingerprint": "abc123"}
+    assert shown["config"] == {"train.lr": "0.001", "model.hidden_sizes": "[64]"}
+    code, out, _ = cli(store, "--name", name, "lineage", "2")
+    assert code == 0 and json.loads(out)["version"] == 2
+
+
+@pytest.mark.parametrize("args, needle, existing", [
+    (["--name", "no-such-model", "list"], "no registered model named 'no-such-model'; registered models: ", "{name!r}"),
+    (["--name", "no-such-model", "lineage", "champion"], "no registered model named 'no-such-model'", "{name!r}"),
+    (["lineage", "gold"], "model {name!r} has no alias 'gold'; aliases: ", "'candidate': 2, 'champion': 1"),
+    (["demote", "gold"], "model {name!r} has no alias 'gold'; aliases: ", "'candidate': 2, 'champion': 1"),
+    (["promote", "7"], "model {name!r} has no version 7; versions: ", "[1, 2]"),
+    (["lineage", "7"], "model {name!r} has no version 7; versions: ", "[1, 2]"),
+], ids=["list-model", "lineage-model", "lineage-alias", "demote-alias", "promote-version", "lineage-version"])
+def test_cli_bad_lookups_exit_2_naming_what_exists(store, name, args, needle, existing):
+    register(store, name, 0.30)
+    register(store, name, 0.20)
+    code, out, err = cli(store, *(args if "--name" in args else ["--name", name, *args]))
+    assert code == 2 and out == ""
+    assert err.startswith("registry: error: "), err
+    assert needle.format(name=name) in err and existing.format(name=name) in err, err
+    assert aliases(store[1], name) == {CANDIDATE: 2, CHAMPION: 1}  # nothing changed
+
