@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 parts = [model.predict(frame.iloc[i:i + args.batch], params={"k": args.k})
                          for i in range(0, len(frame), args.batch)]
-                timings.append((time.perf_counter() - started, busy["others"]))
+                seconds = time.perf_counter() - started
+            timings.append((seconds, busy["others"]))
         reference = pd.concat(parts, ignore_index=True).assign(user_id=users).set_index("user_id")
         rows.append((f"pyfunc, one process, {threads} thread(s)", *min(timings),
                      f"best of 3; model load {load_seconds:.1f} s not counted"))
