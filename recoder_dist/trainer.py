@@ -95,12 +95,6 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return found
 
 
-def resumable_run_state(config: Config) -> dict:
-    """The tracker state saved with the last checkpoint (empty when there is none)."""
-    state = checkpoint.load(Path(config.train.checkpoint_dir) / checkpoint.LAST)
-    return dict(state.get("run_state", {})) if state else {}
-
-
 def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
         tracker: Optional[Tracker] = None, run_state: Optional[dict] = None,
         on_epoch_end: Optional[Callable[[int, torch.nn.Module, dict], None]] = None) -> TrainResult:
@@ -110,7 +104,7 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
     check that the ranks hold the same weights).
 
     ``run_state`` is opaque tracker state stored in checkpoints (the MLflow run id), so that a
-    resumed run continues the same tracked run (see :func:`resumable_run_state`).
+    resumed run continues the same tracked run.
     """
     t = config.train
     manifest = read_manifest(data_dir)
