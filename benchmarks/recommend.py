@@ -229,24 +229,22 @@ def contention() -> Iterator[dict]:
     ours: dict[int, float] = {}
     stop = threading.Event()
 
+    def record(into: dict[int, float]) -> None:
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                cpu = p.cpu_times()
+                into[p.pid] = cpu.user + cpu.system
+            except psutil.Error:
+                pass
+
     def sample():
         while True:
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    cpu = p.cpu_times()
-                    ours[p.pid] = cpu.user + cpu.system
-                except psutil.Error:
-                    pass
+            record(ours)
             if stop.wait(0.2):
                 break
 
     before_ours: dict[int, float] = {}
-    for p in [me, *me.children(recursive=True)]:
-        try:
-            cpu = p.cpu_times()
-            before_ours[p.pid] = cpu.user + cpu.system
-        except psutil.Error:
-            pass
+    record(before_ours)
     result: dict = {}
     machine_before, started = psutil.cpu_times(), time.perf_counter()
     sampler = threading.Thread(target=sample, daemon=True)

@@ -13,7 +13,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Iterator, TypeVar
 
 import numpy as np
 import pyarrow.compute as pc

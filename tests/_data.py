@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -236,3 +237,15 @@ def original_histories(data_dir: Path, split: str) -> dict[str, list[str]]:
     items = pq.read_table(Path(data_dir) / "items").to_pandas().set_index("item_idx")["item_id"]
     rows = pq.read_table(Path(data_dir) / split, columns=["user_idx", "items"]).to_pydict()
     return {users[u]: items[list(i)].tolist() for u, i in zip(rows["user_idx"], rows["items"])}
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its group; SIGKILL if it lingers."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from recoder_dist.config import CONF_DIR, Config, ConfigError, dumps, load_config, parse_overrides
@@ -13,7 +11,7 @@ def test_defaults_load_from_default_yaml():
     assert config.prepare.binarize is True
     assert config.prepare.duplicates == "max"
     assert config.prepare.min_user_interactions == 5
-    assert config.prepare.max_ranks == 64  # not in the YAML: the dataclass default
+    assert config.prepare.max_ranks == 8 and config.prepare.max_rows_per_group == 10000  # YAML; dataclass default
     assert config.model.hidden_sizes == [200]
     assert config.train.milestones == [6, 8]
     assert config.train.weight_decay == pytest.approx(2e-5)

@@ -4,8 +4,6 @@ continues the same run. Every store is a temporary sqlite file (never the reposi
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from _data import (MLFLOW_TRAIN, MODEL_NAME, environment, mlflow_store, original_histories, registered_model,
-                   train_command, train_result)
+                   stop_process_group, train_command, train_result)
 from pipeline.manifest import read_manifest
 from recoder_dist.config import load_config
 from recoder_dist.recommender import Recommender
@@ -114,18 +112,6 @@ def test_pyfunc_champion_recommends_as_the_in_process_recommender(model):
     assert len(got) == len(histories)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGTERM the run's process group (horovodrun and its ranks), SIGKILL it if it lingers."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-
 def test_killed_run_is_failed_and_resume_continues_the_same_run(model, tmp_path):
     folder = tmp_path / "killed"
     uri, _ = mlflow_store(folder)
@@ -142,7 +128,7 @@ def test_killed_run_is_failed_and_resume_continues_the_same_run(model, tmp_path)
             assert last.exists(), f"no checkpoint after {time.monotonic() - deadline + 180:.0f} s:\n" \
                                   f"{log.read_text()[-3000:]}"
         finally:
-            _kill_group(process)  # right after the first checkpoint: mid-training
+            stop_process_group(process)  # right after the first checkpoint: mid-training
     assert process.returncode != 0
     client = MlflowClient(uri)
     runs = all_runs(client)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from _data import original_histories, registered_model
+from _data import original_histories, registered_model, stop_process_group
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -75,14 +74,7 @@ def server(model, tmp_path_factory):
                 time.sleep(0.5)
         yield url
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        stop_process_group(process)
 
 
 @pytest.fixture(scope="module")

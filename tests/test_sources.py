@@ -127,6 +127,7 @@ def test_recbole_inter_is_inferred(spark, tmp_path):
     layout = resolve_layout(str(tmp_path), "auto", PrepareConfig())
     assert (layout.user_col, layout.item_col, layout.value_col, layout.timestamp_col, layout.delimiter) == \
         ("user_id:token", "item_id:token", "rating:float", "timestamp:float", "\t")
+    assert layout.paths == (str(path),)
     assert rows(read_interactions(spark, layout)) == [("1", "10", 4.0, 100.0, None), ("2", "20", 3.0, 200.0, None)]
 
 
