@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # spark-submit 
 
 from pipeline.manifest import DatasetError  # noqa: E402
 from pipeline.sources import FORMATS, InputError  # noqa: E402
+from pipeline.spark import driver_stderr  # noqa: E402
 from recoder_dist.config import ConfigError, load_config  # noqa: E402
 
 
@@ -43,8 +44,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    stderr = driver_stderr()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+                        datefmt="%H:%M:%S", stream=stderr)
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines would follow the summary
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                       extra={"model": args.model, "rejected_rows": rejected,
                                              "input": args.data or args.histories})
     except (ConfigError, InputError, DatasetError, FileExistsError, LookupError, ValueError) as error:
-        print(f"recommend: error: {error}", file=sys.stderr)
+        print(f"recommend: error: {error}", file=stderr)
         return 2
     print(json.dumps({"output": str(Path(args.output).resolve()), **summary}))
     return 0

@@ -45,7 +45,7 @@ def prepare(spark: SparkSession, input_path: str, output: str, fmt: str,
              layout.value_col, layout.timestamp_col)
     with staged(out) as tmp:
         manifest = _build(spark, layout, tmp, config)
-        manifest["source"].update(path=str(Path(input_path).resolve()), format=fmt,
+        manifest["source"].update(path=str(Path(input_path).resolve()), format=layout.source_format,
                                   fingerprint=fingerprint(layout.paths))
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_manifest(tmp, manifest)

@@ -38,6 +38,7 @@ class Layout:
     delimiter: str = ","
     header: bool = True
     column_names: Optional[tuple[str, ...]] = None  # for header-less text files
+    source_format: str = ""  # what the input is: csv | parquet | movielens | recbole
 
 
 MOVIELENS_FILES = {
@@ -59,18 +60,19 @@ def resolve_layout(path: str, fmt: str, config: PrepareConfig) -> Layout:
         fmt = _infer_format(p)
     if fmt == "movielens":
         file = _find_movielens_file(p)
-        return Layout("csv", (str(file),), *MOVIELENS_COLUMNS, column_names=MOVIELENS_COLUMNS,
+        return Layout("csv", (str(file),), *MOVIELENS_COLUMNS, column_names=MOVIELENS_COLUMNS, source_format=fmt,
                       **MOVIELENS_FILES[file.name])
     if fmt == "recbole":
         files = _files(p, (".inter",))
-        return Layout("csv", files, *_recbole_columns(files[0], config), delimiter="\t", header=True)
+        return Layout("csv", files, *_recbole_columns(files[0], config), delimiter="\t", header=True,
+                      source_format=fmt)
     if fmt == "parquet":
         return Layout("parquet", _files(p, (".parquet",)), config.user_col, config.item_col,
-                      config.value_col, config.timestamp_col)
+                      config.value_col, config.timestamp_col, source_format=fmt)
     files = _files(p, (".csv", ".tsv", ".txt", ".data"))
     delimiter = "\t" if files[0].endswith(".tsv") and config.csv_delimiter == "," else config.csv_delimiter
     return Layout("csv", files, config.user_col, config.item_col, config.value_col,
-                  config.timestamp_col, delimiter=delimiter, header=config.csv_header)
+                  config.timestamp_col, delimiter=delimiter, header=config.csv_header, source_format="csv")
 
 
 def _infer_format(p: Path) -> str:
