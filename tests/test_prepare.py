@@ -68,7 +68,7 @@ def test_handmade_exact_counts(handmade):
                                "test": {"items": 3, "heldout_items": 1}}
     # one row group per user of train (max_rows_per_group=1), and per held-out user
     assert manifest["row_groups"] == {"train": 4, "validation": 1, "test": 1}
-    assert manifest["source"]["format"] == "auto" and manifest["source"]["files"] == 1
+    assert manifest["source"]["format"] == "csv" and manifest["source"]["files"] == 1  # inferred from "auto"
     assert manifest["source"]["path"] == str(source)
     assert manifest["schema_version"] == 1 and manifest["config"]["seed"] == 5
     assert manifest["filter_rounds"] == 1
