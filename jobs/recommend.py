@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # spark-submit 
 
 from pipeline.manifest import DatasetError  # noqa: E402
 from pipeline.sources import FORMATS, InputError  # noqa: E402
-from pipeline.spark import driver_stderr  # noqa: E402
+from pipeline.spark import start_job_logging  # noqa: E402
 from recoder_dist.config import ConfigError, load_config  # noqa: E402
 
 
@@ -44,12 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    stderr = driver_stderr()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", stream=stderr)
-    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines would follow the summary
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    stderr = start_job_logging()
     try:
         config = load_config(args.config, args.overrides)
         tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri

@@ -53,3 +53,17 @@ def driver_stderr() -> TextIO:
         return _JvmStderr(SparkContext._jvm.System.err)
     except Exception:  # no gateway after all: the merged stream is better than none
         return sys.stderr
+
+
+def start_job_logging() -> TextIO:
+    """Set up a spark-submit job's driver: logs to the terminal's stderr (returned, for error
+    messages), py4j quiet, Spark bound to loopback and executors on this Python unless told otherwise."""
+    import logging
+
+    stderr = driver_stderr()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=stderr)
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines would follow the job's summary
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return stderr
