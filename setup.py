@@ -1,4 +1,6 @@
 """recoder-dist: distributed training of collaborative-filtering autoencoders (batch-union sampling)."""
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -10,8 +12,8 @@ setup(
     python_requires=">=3.10,<3.12",
     packages=find_packages(include=["pipeline", "pipeline.*", "recoder_dist", "recoder_dist.*"]),
     package_data={"": ["*.yaml"]},
-    data_files=[("share/recoder-dist/jobs", ["jobs/prepare.py"]),
-                ("share/recoder-dist/conf", ["conf/default.yaml"])],
+    data_files=[("share/recoder-dist/jobs", sorted(glob("jobs/*.py"))),
+                ("share/recoder-dist/conf", sorted(glob("conf/*")))],
     # torch (==2.13.0 CPU here, any >=2.1 with CUDA elsewhere) and horovod 0.28.1 (built from
     # sdist with PyTorch + gloo) are installed by scripts/setup.sh outside pip's resolver:
     # torch's setuptools wish conflicts with petastorm's and sends the resolver into CUDA builds.
