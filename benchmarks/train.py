@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -45,13 +45,18 @@ CORES = os.cpu_count() or 1
 ML1M = SyntheticConfig(num_users=6040, num_items=3706, mean_interactions=165.6, num_factors=16, seed=7)
 # MovieLens-20M's shape: 138,493 users, 26,744 items, 20.0M ratings (144.4 per user)
 ML20M = SyntheticConfig(num_users=138493, num_items=26744, mean_interactions=144.4, num_factors=16, seed=7)
-# every interaction kept (no threshold), so the trainer sees ~1M (~20M) interactions
+# every interaction kept (no threshold), so the trainer sees ~1M (~20M) interactions; train row
+# groups as the embedded default writes them (conf/default.yaml: 8 ranks × 4)
+_DEFAULT = load_config(ROOT / "conf" / "default.yaml").prepare
 SPEED_PREPARE = PrepareConfig(rating_threshold=None, binarize=True, duplicates="max", min_user_interactions=5,
-                              validation_users=0.1, test_users=0.1, seed=3)
+                              validation_users=0.1, test_users=0.1, seed=3, max_ranks=_DEFAULT.max_ranks,
+                              row_groups_per_rank=_DEFAULT.row_groups_per_rank)
+# row groups as the public datasets' configs write them (conf/ml-20m.yaml: 64 ranks × 4)
+MANY_GROUPS = replace(SPEED_PREPARE, max_ranks=64)
 # the ML-20M hyper-parameters of the original (conf/ml-20m.yaml): batch 500, union per 500 users, h=200
 SPEED_TRAIN = ["train.batch_size=500", "train.num_sampling_users=500", "model.hidden_sizes=[200]",
                "train.milestones=[1000]", "train.eval_every=1000", "mlflow.enabled=false"]
-QUALITY_TRAIN = ["train.eval_every=5", "train.milestones=[1000]", "mlflow.enabled=false"]
+QUALITY_TRAIN = ["train.eval_every=1", "train.milestones=[1000]", "mlflow.enabled=false"]
 
 
 # --- worker (one per rank) --------------------------------------------------------------------
@@ -176,6 +181,11 @@ class Datasets:
             self.spark = None
 
 
+def groups(prepare: PrepareConfig) -> int:
+    """Train row groups the prepare job writes with these settings."""
+    return prepare.max_ranks * prepare.row_groups_per_rank
+
+
 def manifest(data: Path) -> dict:
     return json.loads((data / "manifest.json").read_text())
 
@@ -239,14 +249,15 @@ def achieved(result: dict, data: Path) -> dict:
 
 
 def step_alone(data: Path, full: bool, dtype: str, threads: int, steps: int = 20) -> dict:
-    """The training step without the feed: batches built in memory beforehand, then the body of
-    ``trainer.fit``'s loop (zero_grad, forward under autocast, loss, backward, fused Adam step)."""
+    """The training step without the feed: batches built in memory beforehand, then
+    ``trainer.Step`` (the body of ``trainer.fit``'s loop) on each."""
     import pyarrow.parquet as pq
     import torch
 
+    from recoder_dist.distributed import Workers
     from recoder_dist.losses import get_loss
     from recoder_dist.sampling import UserRows, make_batches
-    from recoder_dist.trainer import build_model
+    from recoder_dist.trainer import Step, build_model
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -258,15 +269,9 @@ def step_alone(data: Path, full: bool, dtype: str, threads: int, steps: int = 20
     torch.manual_seed(0)
     model = build_model(n_items, config)
     optimizer = torch.optim.Adam(model.parameter_groups(t.weight_decay), lr=t.lr, fused=True)
-    loss_fn = get_loss(t.loss, t.confidence)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-
-    def step(batch) -> None:
-        optimizer.zero_grad()
-        with autocast:
-            logits = model(batch.items, batch.values, batch.offsets, batch.target_items)
-        loss_fn(logits.float(), batch.rows, batch.target_cols, batch.values).backward()
-        optimizer.step()
+    step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config,
+                Workers(rank=0, size=1, local_rank=0, local_size=1),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"), torch.device("cpu"))
 
     model.train()
     for batch in batches[:3]:
@@ -290,19 +295,30 @@ def step_alone(data: Path, full: bool, dtype: str, threads: int, steps: int = 20
 
 # --- feed ------------------------------------------------------------------------------------
 
-def feed_rate(data: Path, chunk: int, epochs: int = 3) -> float:
-    """Users/s of ``feed.train_rows`` alone, one fresh reader per epoch as the trainer opens them."""
+def feed_rates(data: Path, passes: int = 3) -> dict[str, float]:
+    """Users/s of the trainer's input alone, one reader for ``passes`` passes as ``trainer.fit``
+    keeps it: Petastorm (``feed.train_rows``), and Petastorm + batch-union sampling
+    (``trainer._batches``, what the trainer's prefetch thread produces)."""
+    from recoder_dist.distributed import Workers
     from recoder_dist.feed import train_rows
-    n_train = manifest(data)["num_users"]["train"]
-    users, started = 0, time.perf_counter()
-    for epoch in range(epochs):
-        seen = 0
-        for rows in train_rows(data, 0, 1, seed=epoch, chunk_users=chunk, shuffle_buffer_users=max(4 * chunk, 2048)):
-            seen += len(rows)
-            if seen >= n_train - chunk:
+    from recoder_dist.trainer import _batches
+    m = manifest(data)
+    n_train = m["num_users"]["train"]
+    config = load_config(None, SPEED_TRAIN)
+
+    def rate(stream) -> float:
+        users, started = 0, time.perf_counter()
+        for part in stream:
+            users += len(part) if hasattr(part, "user_idx") else part.num_users
+            if users >= passes * n_train:
                 break
-        users += seen
-    return users / (time.perf_counter() - started)
+        stream.close()
+        return users / (time.perf_counter() - started)
+
+    chunk = config.train.num_sampling_users
+    return {"petastorm": rate(train_rows(data, 0, 1, seed=1, chunk_users=chunk,
+                                         shuffle_buffer_users=min(max(4 * chunk, 2048), n_train))),
+            "sampled": rate(_batches(str(data), config, Workers(0, 1, 0, 1), m["num_items"], n_train, 1))}
 
 
 # --- quality baselines -----------------------------------------------------------------------
@@ -368,49 +384,78 @@ def precomputed_scorer(scores: np.ndarray):
     return score
 
 
-def external_baselines(data: Path, work: Path, enabled: bool) -> dict:
-    """implicit's ALS in ``benchmarks/.venv-baselines`` (implicit wants numpy 2; the project pins
-    numpy 1.26); the original Recoder is not measured (its torch would enter a pip resolution).
+@dataclass
+class Measured:
+    """A model's test metrics (None: not measured), wall seconds, a note, and what the
+    time-to-quality comparison needs: validation NDCG@100 and the seconds spent fitting."""
 
-    Returns ``name -> (test metrics or None, seconds, note)``.
-    """
-    from recoder_dist.feed import read_heldout
-    venv_python = ROOT / "benchmarks" / ".venv-baselines" / "bin" / "python"
-    results: dict = {"Recoder 0.4.0 (original)": (None, 0.0, "not measured: recsys-recoder needs a torch install "
-                                                              "of its own (DESIGN.md: torch never enters a pip "
-                                                              "resolution)")}
-    if not enabled or not venv_python.is_file():
-        results["implicit ALS"] = (None, 0.0, "not measured (run with --baselines after: python -m venv "
-                                              "benchmarks/.venv-baselines && benchmarks/.venv-baselines/bin/pip "
-                                              "install implicit==0.7.2)")
-        return results
+    test: Optional[dict]
+    seconds: float
+    note: str
+    validation_ndcg: Optional[float] = None
+    fit_s: Optional[float] = None
+
+
+def baseline_input(data: Path, path: Path) -> Path:
+    """The train matrix and the held-out users' fold-in rows as CSR arrays in one ``.npz``
+    (what the baselines in their own venvs read)."""
     import pyarrow.parquet as pq
+
+    from recoder_dist.feed import read_heldout
+    if path.is_file():
+        return path
     table = pq.read_table(data / "train", columns=["items", "values"])
     lengths = np.array([len(x) for x in table["items"].to_pylist()], dtype=np.int64)
     arrays = _csr_arrays("train", np.concatenate([[0], np.cumsum(lengths)]),
                          np.concatenate(table["items"].to_pylist()), np.concatenate(table["values"].to_pylist()))
-    heldout = {split: read_heldout(data, split) for split in ("validation", "test")}
-    for split, rows in heldout.items():
+    for split in ("validation", "test"):
+        rows = read_heldout(data, split)
         arrays.update(_csr_arrays(split, rows.foldin.offsets, rows.foldin.items, rows.foldin.values))
-    source, target = work / "als-in.npz", work / "als-out.npz"
-    np.savez(source, n_items=manifest(data)["num_items"], **arrays)
+    np.savez(path, n_items=manifest(data)["num_items"], **arrays)
+    return path
+
+
+def run_baseline(venv: str, script: str, args: Sequence[str], threads: int) -> Optional[str]:
+    """Run ``benchmarks/<script>`` in ``benchmarks/<venv>``; the error's last line, or None."""
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
-    env["OMP_NUM_THREADS"] = str(CORES)
-    done = subprocess.run([str(venv_python), str(ROOT / "benchmarks" / "_als.py"), str(source), str(target)],
-                          env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        results["implicit ALS"] = (None, 0.0, f"failed: {done.stderr.strip().splitlines()[-1:]}")
-        return results
+    env["OMP_NUM_THREADS"] = str(threads)
+    done = subprocess.run([str(ROOT / "benchmarks" / venv / "bin" / "python"), str(ROOT / "benchmarks" / script),
+                           *map(str, args)], env=env, capture_output=True, text=True)
+    return None if done.returncode == 0 else f"failed: {done.stderr.strip().splitlines()[-1:]}"
+
+
+def als_baseline(data: Path, work: Path, enabled: bool) -> Measured:
+    """implicit's ALS in ``benchmarks/.venv-baselines`` (implicit wants numpy 2; the project pins
+    numpy 1.26): the grid point best on validation."""
+    if not enabled or not (ROOT / "benchmarks" / ".venv-baselines" / "bin" / "python").is_file():
+        return Measured(None, 0.0, "not measured (run with --baselines after: python -m venv "
+                                   "benchmarks/.venv-baselines && benchmarks/.venv-baselines/bin/pip install "
+                                   "implicit==0.7.2)")
+    target = work / "als-out.npz"
+    error = run_baseline(".venv-baselines", "_als.py", [baseline_input(data, work / "baseline-in.npz"), target],
+                         CORES)
+    if error:
+        return Measured(None, 0.0, error)
     out = np.load(target)
     best = None
     for g, (factors, reg, alpha) in enumerate(out["grid"]):
         val = evaluate(precomputed_scorer(out[f"validation_{g}"]), data, "validation")["ndcg_at_100"]
         if best is None or val > best[0]:
             best = (val, g, f"factors={factors:g} reg={reg:g} alpha={alpha:g} (best on validation), 15 iterations")
-    _, g, note = best
-    metrics = evaluate(precomputed_scorer(out[f"test_{g}"]), data)
-    results["implicit ALS"] = (metrics, float(out[f"fit_s_{g}"] + out[f"test_s_{g}"]), note)
-    return results
+    val, g, note = best
+    return Measured(evaluate(precomputed_scorer(out[f"test_{g}"]), data), float(out[f"fit_s_{g}"] + out[f"test_s_{g}"]),
+                    note, validation_ndcg=val, fit_s=float(out[f"fit_s_{g}"]))
+
+
+def seconds_to_reach(history: Sequence[dict], ndcg: float) -> Optional[tuple[int, float]]:
+    """The first epoch whose validation NDCG@100 reached ``ndcg``, and the training seconds
+    (sum of ``epoch_s``, validation excluded) until then; None if no epoch did."""
+    seconds = 0.0
+    for record in history:
+        seconds += record["epoch_s"]
+        if record.get("val_ndcg_at_100", -1.0) >= ndcg:
+            return record["epoch"], seconds
+    return None
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -422,7 +467,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequence[str] = (),
-                  scaling: bool = True, bf16: bool = True, few_groups: Optional[Path] = None) -> list[str]:
+                  scaling: bool = True, bf16: bool = True, many_groups: Optional[Path] = None) -> list[str]:
     m = manifest(data)
     base = [*SPEED_TRAIN, f"train.epochs={epochs}", *extra]
     print(f"{name}: {m['num_users']['train']} train users × {m['num_items']} items, "
@@ -494,39 +539,50 @@ def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequenc
                      f"{(2 * target * h + target + h) * 4 / 1e6:.1f} MB (|U| = {target:.0f}); sparse "
                      f"{(2 * own * h + own) * 4 * 2 / 1e6:.1f} MB gathered from 2 ranks (|T| = {own:.0f} each).")
 
-    feed = feed_rate(data, chunk=500)
     consume = steady(reference)["users_per_s"]
-    groups = m["row_groups"]["train"]
-    lines.append(f"Petastorm feed alone ({groups} train row groups, 1 reader, thread pool of 2, chunks of 500, a "
-                 f"fresh reader per pass): {feed:.0f} users/s = {feed / consume:.1f}× what union fp32 on 1 × {CORES} "
-                 f"consumes ({consume:.0f} users/s).")
-    if few_groups is not None:
-        few = manifest(few_groups)["row_groups"]["train"]
-        feed_few = feed_rate(few_groups, chunk=500)
-        run = train(f"{name}-union-float32-np1x{CORES}-{few}groups", few_groups, 1, CORES,
-                     [*base, "train.dtype=float32"], work)
-        lines.append(f"The same data prepared with {few} train row groups instead of {groups}: feed alone "
-                     f"{feed_few:.0f} users/s ({feed_few / feed:.1f}×), union fp32 on 1 × {CORES} "
-                     f"{steady(run)['users_per_s']:.0f} users/s ({steady(run)['users_per_s'] / consume:.2f}× the "
-                     f"{groups}-group run).")
+    step_rate = alone_rows[0][4]
+    lines.append("")
+    lines.append(f"Input alone (one reader kept over 3 passes, as `trainer.fit` keeps it; thread pool of 2) vs what "
+                 f"union fp32 on 1 × {CORES} consumes ({consume:.0f} users/s per epoch; the step alone: "
+                 f"{step_rate} users/s):")
+    lines.append("")
+    feed_rows = []
+    for label, dataset in [("this data", data), ("the same users", many_groups)]:
+        if dataset is None:
+            continue
+        rates = feed_rates(dataset)
+        groups = manifest(dataset)["row_groups"]["train"]
+        epoch = consume
+        if dataset is not data:
+            epoch = steady(train(f"{name}-union-float32-np1x{CORES}-{groups}groups", dataset, 1, CORES,
+                                 [*base, "train.dtype=float32"], work))["users_per_s"]
+        feed_rows.append([f"{label}, {groups} train row groups", f"{rates['petastorm']:.0f}",
+                          f"{rates['petastorm'] / epoch:.1f}", f"{rates['sampled']:.0f}",
+                          f"{rates['sampled'] / epoch:.1f}", f"{epoch:.0f}"])
+    lines.append(table(["input", "Petastorm users/s", "÷ epoch users/s", "+ sampling users/s", "÷ epoch users/s",
+                        "union fp32 epoch users/s"], feed_rows))
     return lines
+
+
+AUTOENCODERS = {"autoencoder, batch union": ["train.full=false"], "autoencoder, full": ["train.full=true"],
+                "autoencoder, batch union, bf16": ["train.full=false", "train.dtype=bfloat16"]}
 
 
 def quality_section(data: Path, epochs: int, work: Path, baselines: bool) -> list[str]:
     m = manifest(data)
     config = str(ROOT / "conf" / "ml-100k.yaml")
     print(f"MovieLens 100K: {m['num_users']} users, {m['num_items']} items; {epochs} epochs", flush=True)
-    rows = []
-    results = {}
-    for mode in ("union", "full"):
-        r = train(f"ml100k-{mode}", data, 1, CORES, [*QUALITY_TRAIN, f"train.epochs={epochs}",
-                                                     f"train.full={'true' if mode == 'full' else 'false'}"],
-                  work, config=config, ceiling=False)
-        results[mode] = (r["test"], r["fit_s"], f"best epoch {r['best_epoch']} of {epochs}")
+    results: dict[str, Measured] = {}
+    histories = {}
+    for label, args in AUTOENCODERS.items():
+        r = train(label.replace(", ", "-").replace(" ", "_"), data, 1, CORES,
+                  [*QUALITY_TRAIN, f"train.epochs={epochs}", *args], work, config=config, ceiling=False)
+        histories[label] = r["history"]
+        results[label] = Measured(r["test"], r["fit_s"], f"best epoch {r['best_epoch']} of {epochs}")
     from recoder_dist.evaluation import popularity_scorer
     started = time.perf_counter()
     pop = evaluate(popularity_scorer(item_counts(data)), data)
-    results["popularity"] = (pop, time.perf_counter() - started, "training counts")
+    results["popularity"] = Measured(pop, time.perf_counter() - started, "training counts")
     x = train_matrix(data)
     best = None
     for lam in (100.0, 500.0, 2000.0):  # λ chosen on validation, as the autoencoder's epoch
@@ -538,25 +594,37 @@ def quality_section(data: Path, epochs: int, work: Path, baselines: bool) -> lis
             best = (val, lam, scorer, fit_s)
     _, lam, scorer, fit_s = best
     started = time.perf_counter()
-    results["EASE"] = (evaluate(scorer, data), fit_s + time.perf_counter() - started, f"λ={lam:g} (best on validation)")
-    ease = results["EASE"][0]
-    for name, (metrics, seconds, note) in results.items():
+    results["EASE"] = Measured(evaluate(scorer, data), fit_s + time.perf_counter() - started,
+                               f"λ={lam:g} (best on validation)")
+    results["implicit ALS"] = als_baseline(data, work, baselines)
+    ease = results["EASE"].test
+    rows = []
+    for name, measured in results.items():
+        if measured.test is None:
+            rows.append([name, "–", "–", "–", "–", "–", "–", measured.note])
+            continue
+        metrics = measured.test
         rows.append([name, *(f"{metrics[k]:.4f}" for k in ("recall_at_20", "recall_at_50", "ndcg_at_100")),
                      f"{metrics['ndcg_at_100'] / pop['ndcg_at_100']:.2f}",
-                     f"{metrics['ndcg_at_100'] / ease['ndcg_at_100']:.2f}", f"{seconds:.1f}", note])
-    for name, (metrics, seconds, note) in external_baselines(data, work, baselines).items():
-        if metrics is None:
-            rows.append([name, "–", "–", "–", "–", "–", "–", note])
-        else:
-            rows.append([name, *(f"{metrics[k]:.4f}" for k in ("recall_at_20", "recall_at_50", "ndcg_at_100")),
-                         f"{metrics['ndcg_at_100'] / pop['ndcg_at_100']:.2f}",
-                         f"{metrics['ndcg_at_100'] / ease['ndcg_at_100']:.2f}", f"{seconds:.1f}", note])
-    return [f"### MovieLens 100K (real): {m['num_users']['train']} train, {m['num_users']['test']} test users × "
-            f"{m['num_items']} items (conf/ml-100k.yaml; {epochs} epochs, 1 × {CORES} threads)", "",
-            table(["model", "Recall@20", "Recall@50", "NDCG@100", "NDCG ÷ popularity", "NDCG ÷ EASE",
-                   "wall s", "note"], rows),
-            "", "Wall time: `fit()` for the autoencoders (all epochs, validation every 5, test), Gram + "
-            "inverse + scoring for EASE."]
+                     f"{metrics['ndcg_at_100'] / ease['ndcg_at_100']:.2f}", f"{measured.seconds:.1f}", measured.note])
+    union, full = (results[k].test for k in list(AUTOENCODERS)[:2])
+    lines = [f"### MovieLens 100K (real): {m['num_users']['train']} train, {m['num_users']['test']} test users × "
+             f"{m['num_items']} items (conf/ml-100k.yaml; {epochs} epochs, 1 × {CORES} threads)", "",
+             table(["model", "Recall@20", "Recall@50", "NDCG@100", "NDCG ÷ popularity", "NDCG ÷ EASE",
+                    "wall s", "note"], rows),
+             "", "Wall time: `fit()` for the autoencoders (all epochs, validation after each, test), Gram + "
+             "inverse + scoring for EASE, fit + fold-in for ALS.",
+             f"Batch union ÷ full mode, Recall@20: {union['recall_at_20'] / full['recall_at_20']:.3f}."]
+    als = results["implicit ALS"]
+    if als.validation_ndcg is not None:
+        for label in AUTOENCODERS:
+            reached = seconds_to_reach(histories[label], als.validation_ndcg)
+            lines.append(f"{label}: " + (f"first reached ALS's validation NDCG@100 ({als.validation_ndcg:.4f}) "
+                                         f"after epoch {reached[0]}, {reached[1]:.1f} s of training"
+                                         if reached else f"never reached ALS's validation NDCG@100 "
+                                                         f"({als.validation_ndcg:.4f}) in {epochs} epochs")
+                         + f"; ALS's fit: {als.fit_s:.1f} s.")
+    return lines
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -583,10 +651,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.perf_counter()
     datasets = Datasets(Path(args.data_dir), args.fresh)
     print("data:", flush=True)
-    ml1m = datasets.synthetic("ml1m-synthetic", ML1M, SPEED_PREPARE)
-    ml1m_few = datasets.synthetic("ml1m-synthetic-16groups", ML1M, replace(SPEED_PREPARE, max_ranks=4))
+    ml1m = datasets.synthetic(f"ml1m-synthetic-{groups(SPEED_PREPARE)}groups", ML1M, SPEED_PREPARE)
+    ml1m_many = datasets.synthetic(f"ml1m-synthetic-{groups(MANY_GROUPS)}groups", ML1M, MANY_GROUPS)
     ml100k = None if args.skip_quality else datasets.movielens_100k()
-    ml20m = datasets.synthetic("ml20m-synthetic", ML20M, SPEED_PREPARE) if args.ml20m else None
+    ml20m = (datasets.synthetic(f"ml20m-synthetic-{groups(SPEED_PREPARE)}groups", ML20M, SPEED_PREPARE)
+             if args.ml20m else None)
     datasets.close()
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -595,7 +664,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{__import__('torch').__version__})", ""]
     try:
         report += speed_section(ml1m, args.epochs, work, "ML-1M-sized synthetic", scaling=not args.skip_scaling,
-                                few_groups=ml1m_few)
+                                many_groups=ml1m_many)
         if ml20m is not None:
             report += [""] + speed_section(ml20m, 1, work, "ML-20M-sized synthetic", scaling=False, bf16=False)
         if ml100k is not None:

@@ -1,10 +1,11 @@
 """Reading prepared splits: the train split streamed with Petastorm, held-out splits whole.
 
 Petastorm's ``make_batch_reader`` refuses ragged list columns, so a module-level transform
-turns each user's lists into bytes and :func:`_collate` decodes them with ``np.frombuffer``.
-Petastorm shards by row group (``cur_shard``/``shard_count``) and shuffles row groups once per
-reader: a new reader is opened per epoch (seeded by the epoch) and users are shuffled again
-in a buffer, so each epoch sees a fresh order and a resumed run the same one.
+packs each row group's users into one CSR record of raw bytes (user ids, list lengths, items,
+values) and :func:`_unpack` decodes it with ``np.frombuffer``: no per-user Python work after
+Petastorm's own pandas conversion. Petastorm shards by row group (``cur_shard``/``shard_count``)
+and reshuffles the row groups on every pass; the trainer keeps one reader open for the whole
+run, and users are shuffled again in a buffer.
 """
 from __future__ import annotations
 
@@ -27,22 +28,32 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 TRAIN_FIELDS = ("user_idx", "items", "values")
 
 
-def encode_lists(frame):
-    """Petastorm transform: ragged ``items``/``values`` lists to raw bytes (module level for process pools)."""
+def pack_row_group(frame):
+    """Petastorm transform: a row group's users as one record of raw bytes (module level for
+    process pools): ``user_idx`` int64, ``lengths`` int64, ``items`` int32, ``values`` float32."""
     import numpy  # the process pool pickles this function by reference
-    frame["items"] = frame["items"].map(lambda x: numpy.asarray(x, numpy.int32).tobytes())
-    frame["values"] = frame["values"].map(lambda x: numpy.asarray(x, numpy.float32).tobytes())
-    return frame
+    import pandas
+    items, values = frame["items"].to_numpy(), frame["values"].to_numpy()
+    lengths = numpy.fromiter(map(len, items), dtype=numpy.int64, count=len(items))
+    return pandas.DataFrame({
+        "user_idx": [frame["user_idx"].to_numpy(numpy.int64).tobytes()],
+        "lengths": [lengths.tobytes()],
+        "items": [numpy.concatenate([numpy.zeros(0, numpy.int32), *items]).astype(numpy.int32).tobytes()],
+        "values": [numpy.concatenate([numpy.zeros(0, numpy.float32), *values]).astype(numpy.float32).tobytes()]})
 
 
-def _collate(batch) -> UserRows:
-    """One Petastorm row batch (bytes per user) as CSR ``UserRows``."""
-    lengths = np.fromiter((len(b) // 4 for b in batch.items), dtype=np.int64, count=len(batch.items))
+PACKED_FIELDS = [(name, np.bytes_, (), False) for name in ("user_idx", "lengths", "items", "values")]
+
+
+def _unpack(batch) -> UserRows:
+    """The packed record(s) of one Petastorm read as CSR ``UserRows``."""
+    def column(name: str, dtype: type) -> np.ndarray:
+        return np.frombuffer(b"".join(getattr(batch, name)), dtype=dtype)
+
+    lengths = column("lengths", np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    items = np.frombuffer(b"".join(batch.items), dtype=np.int32)
-    values = np.frombuffer(b"".join(batch.values), dtype=np.float32)
-    return UserRows(np.asarray(batch.user_idx, dtype=np.int64), offsets, items, values)
+    return UserRows(column("user_idx", np.int64), offsets, column("items", np.int32), column("values", np.float32))
 
 
 def split_url(data_dir: str | Path, split: str) -> str:
@@ -62,8 +73,7 @@ def train_rows(data_dir: str | Path, rank: int, size: int, seed: int, chunk_user
     from petastorm import make_batch_reader
     from petastorm.transform import TransformSpec
 
-    spec = TransformSpec(encode_lists, edit_fields=[("items", np.bytes_, (), False),
-                                                    ("values", np.bytes_, (), False)])
+    spec = TransformSpec(pack_row_group, edit_fields=PACKED_FIELDS)
     rng = np.random.default_rng(seed)
     with make_batch_reader(split_url(data_dir, "train"), schema_fields=list(TRAIN_FIELDS),
                            cur_shard=rank if size > 1 else None, shard_count=size if size > 1 else None,
@@ -72,7 +82,7 @@ def train_rows(data_dir: str | Path, rank: int, size: int, seed: int, chunk_user
         buffer: list[UserRows] = []
         buffered = 0
         for batch in reader:
-            rows = _collate(batch)
+            rows = _unpack(batch)
             buffer.append(rows)
             buffered += len(rows)
             if buffered < shuffle_buffer_users:

@@ -62,14 +62,18 @@ def steps_per_epoch(num_train_users: int, batch_size: int, ranks: int) -> int:
 
 
 def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, num_train_users: int,
-             epoch: int) -> Iterator[Batch]:
+             first_epoch: int) -> Iterator[Batch]:
+    """This rank's endless stream of batches from ``first_epoch`` on: one Petastorm reader for the
+    whole run (a reader per epoch would pay its start and a refilled shuffle buffer every epoch).
+    Petastorm reshuffles the row groups on each pass; the seeds derive from ``first_epoch`` so a
+    resumed run reads a fresh, seeded order."""
     t = config.train
     chunk = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
-    rng = np.random.default_rng([t.seed, epoch, workers.rank])
+    rng = np.random.default_rng([t.seed, first_epoch, workers.rank])
     # at most about one pass of this rank's shard: a larger buffer reads several passes before
     # the first batch and mixes them, so an epoch would not see each user about once
     shard = max(chunk, math.ceil(num_train_users / workers.size))
-    rows = train_rows(data_dir, workers.rank, workers.size, seed=t.seed * 1000 + epoch, chunk_users=chunk,
+    rows = train_rows(data_dir, workers.rank, workers.size, seed=t.seed * 1000 + first_epoch, chunk_users=chunk,
                       shuffle_buffer_users=min(max(4 * chunk, 2048), shard), pool=t.reader_pool,
                       workers=t.reader_workers)
     for part in rows:
@@ -93,6 +97,59 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
         elif old != new:
             found.append(f"{prefix}{key}: {old!r} in the checkpoint, {new!r} now")
     return found
+
+
+@dataclass(frozen=True)
+class Step:
+    """Everything one training step uses besides the batch."""
+
+    model: RecoderAutoencoder
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    item_names: set[str]
+    config: Config
+    workers: Workers
+    autocast: torch.autocast
+    device: torch.device
+
+    def __call__(self, batch: Batch) -> tuple[float, int]:
+        """One forward/backward/exchange/update on ``batch``; returns its loss and target-set size."""
+        t = self.config.train
+        batch = batch.to(self.device)
+        if t.grad_exchange == "sync_union" and batch.target_items is not None:
+            batch = retarget(batch, self.workers.global_union(batch.target_items))
+        self.optimizer.zero_grad()
+        with self.autocast:
+            logits = self.model(batch.items, batch.values, batch.offsets, batch.target_items)
+        loss = self.loss_fn(logits.float(), batch.rows, batch.target_cols, batch.values)
+        loss.backward()
+        self.workers.exchange_gradients(self.model, self.item_names, t.grad_exchange, batch.target_items)
+        self.optimizer.step()
+        target = self.model.num_items if batch.target_items is None else batch.target_items.numel()
+        return loss.item(), target
+
+
+def _train_epoch(step: Step, stream: Iterator[Batch], steps: int, epoch: int) -> dict[str, float]:
+    """``steps`` steps from ``stream``; the epoch's record, summed over ranks."""
+    workers, epochs = step.workers, step.config.train.epochs
+    step.model.train()
+    started = time.perf_counter()
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, users, target size sum
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", disable=not (workers.is_root and sys.stderr.isatty()),
+               unit="step", leave=False, dynamic_ncols=True)
+    with bar:
+        for _ in bar:
+            batch = next(stream)
+            loss, target = step(batch)
+            totals += torch.tensor([loss * batch.num_users, batch.num_users, target], dtype=torch.float64)
+            if bar.n % 5 == 0:
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(loss=f"{totals[0] / totals[1]:.4f}", users_s=f"{totals[1] * workers.size / elapsed:.0f}",
+                                target=int(target))
+    totals = workers.sum(totals)
+    seconds = float(workers.max(torch.tensor([time.perf_counter() - started]))[0])
+    return {"epoch": epoch, "train_loss": float(totals[0] / totals[1]), "users_per_s": float(totals[1]) / seconds,
+            "epoch_s": seconds, "target_size": float(totals[2] / (steps * workers.size))}
 
 
 def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
@@ -121,8 +178,6 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
     fused = {"fused": True} if device.type in {"cpu", "cuda"} else {}
     optimizer = torch.optim.Adam(model.parameter_groups(t.weight_decay), lr=t.lr, **fused)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.gamma)
-    loss_fn = get_loss(t.loss, t.confidence)
-    item_names = model.item_parameter_names()
     steps = steps_per_epoch(n_train, t.batch_size, workers.size)
     ckpt_dir = Path(t.checkpoint_dir)
     identity = _identity(config, manifest)
@@ -152,62 +207,38 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
                  workers.size, steps, t.batch_size, t.num_sampling_users or t.batch_size,
                  t.grad_exchange, t.dtype, torch.get_num_threads())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
+    step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
+                autocast, device)
 
-    for epoch in range(start_epoch, t.epochs + 1):
-        model.train()
-        started = time.perf_counter()
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, users, target size sum
-        stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, epoch), depth=8)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{t.epochs}", disable=not (workers.is_root and sys.stderr.isatty()),
-                   unit="step", leave=False, dynamic_ncols=True)
-        try:
-            for _ in bar:
-                batch = next(stream).to(device)
-                if t.grad_exchange == "sync_union" and batch.target_items is not None:
-                    batch = retarget(batch, workers.global_union(batch.target_items))
-                optimizer.zero_grad()
-                with autocast:
-                    logits = model(batch.items, batch.values, batch.offsets, batch.target_items)
-                loss = loss_fn(logits.float(), batch.rows, batch.target_cols, batch.values)
-                loss.backward()
-                workers.exchange_gradients(model, item_names, t.grad_exchange, batch.target_items)
-                optimizer.step()
-                target = num_items if batch.target_items is None else batch.target_items.numel()
-                totals += torch.tensor([loss.item() * batch.num_users, batch.num_users, target], dtype=torch.float64)
-                if bar.n % 5 == 0:
-                    elapsed = time.perf_counter() - started
-                    bar.set_postfix(loss=f"{totals[0] / totals[1]:.4f}", users_s=f"{totals[1] * workers.size / elapsed:.0f}",
-                                    target=int(target))
-        finally:
-            stream.close()
-            bar.close()
-        scheduler.step()
-        totals = workers.sum(totals)
-        seconds = float(workers.max(torch.tensor([time.perf_counter() - started]))[0])
-        record = {"epoch": epoch, "train_loss": float(totals[0] / totals[1]), "users_per_s": float(totals[1]) / seconds,
-                  "epoch_s": seconds, "target_size": float(totals[2] / (steps * workers.size))}
-        if epoch % t.eval_every == 0 or epoch == t.epochs:
-            scores = means(workers.sum(metric_sums(model_scorer(model), validation, t.eval_batch_size, device)))
-            record.update({f"val_{k}": v for k, v in scores.items()})
-            if scores["ndcg_at_100"] > best["ndcg_at_100"]:
-                best = {"epoch": epoch, **scores}
-                if workers.is_root:
-                    checkpoint.save(ckpt_dir / checkpoint.BEST, {"model": model.state_dict(), "epoch": epoch,
-                                                                "num_items": num_items, "config": config.to_dict(),
-                                                                "validation": scores})
-        history.append(record)
-        if workers.is_root:
-            checkpoint.save(ckpt_dir / checkpoint.LAST, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "best": best,
-                "identity": identity, "run_state": dict(run_state or {})})
-            log.info("epoch %d/%d  loss %.4f  %s  %.0f users/s  %.1f s  |target| %.0f", epoch, t.epochs,
-                     record["train_loss"], "  ".join(f"{k} {record[k]:.4f}" for k in record if k.startswith("val_")),
-                     record["users_per_s"], seconds, record["target_size"])
-            if tracker is not None:
-                tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model, record)
+    stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, start_epoch), depth=8)
+    try:
+        for epoch in range(start_epoch, t.epochs + 1):
+            record = _train_epoch(step, stream, steps, epoch)
+            scheduler.step()
+            if epoch % t.eval_every == 0 or epoch == t.epochs:
+                scores = means(workers.sum(metric_sums(model_scorer(model), validation, t.eval_batch_size, device)))
+                record.update({f"val_{k}": v for k, v in scores.items()})
+                if scores["ndcg_at_100"] > best["ndcg_at_100"]:
+                    best = {"epoch": epoch, **scores}
+                    if workers.is_root:
+                        checkpoint.save(ckpt_dir / checkpoint.BEST, {"model": model.state_dict(), "epoch": epoch,
+                                                                    "num_items": num_items, "config": config.to_dict(),
+                                                                    "validation": scores})
+            history.append(record)
+            if workers.is_root:
+                checkpoint.save(ckpt_dir / checkpoint.LAST, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "best": best,
+                    "identity": identity, "run_state": dict(run_state or {})})
+                log.info("epoch %d/%d  loss %.4f  %s  %.0f users/s  %.1f s  |target| %.0f", epoch, t.epochs,
+                         record["train_loss"], "  ".join(f"{k} {record[k]:.4f}" for k in record if k.startswith("val_")),
+                         record["users_per_s"], record["epoch_s"], record["target_size"])
+                if tracker is not None:
+                    tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model, record)
+    finally:
+        stream.close()
 
     best_state = checkpoint.load(ckpt_dir / checkpoint.BEST) if workers.is_root else None
     weights = workers.broadcast_object(best_state["model"] if best_state else None, "best_model")
