@@ -1,6 +1,7 @@
 """benchmarks/.venv-recoder/bin/python benchmarks/_recoder.py IN.npz OUT.npz [--epochs N]
     [--loss multinomial|logistic|mse] [--batch-size 500] [--num-sampling-users 500] [--hidden 200]
     [--threads T] [--full] [--dense-grad] [--milestones 60,80] [--seed 0] [--data-workers 0]
+    [--splits validation,test]
 
 The original Recoder (PyPI ``recsys-recoder==0.4.0``, Moussawi 2018) as a baseline for
 ``benchmarks/train.py``, run in its own venv (it pins torch 1.8 / numpy 1.19 / scipy 1.6; here it is
@@ -16,8 +17,8 @@ its sdist, glog 0.3.1 with python-gflags 3.1.2 and six 1.17.0, tqdm 4.70.1.)
 
 IN.npz (as ``_als.py`` reads it): ``n_items`` and CSR arrays ``{train,validation,test}_{indptr,
 indices,data}``; the validation/test rows are the held-out users' fold-in items. OUT.npz:
-``validation_scores`` and ``test_scores`` (float32, one full-catalogue row per fold-in user, input
-order; the caller masks fold-in items and evaluates), ``epoch_s`` (seconds per training epoch),
+``validation_scores`` and ``test_scores`` (those of ``--splits``; float32, one full-catalogue row per
+fold-in user, input order; the caller masks fold-in items and evaluates), ``epoch_s`` (seconds per training epoch),
 ``users_per_s`` (train users / epoch seconds), ``epoch_cpu_s`` (this process's CPU seconds per
 epoch), ``epoch_cpu_stall_s`` (seconds per epoch during which some task on the machine waited for
 a CPU, from ``/proc/pressure/cpu``, NaN where absent: a high share flags an epoch slowed by other
@@ -60,12 +61,15 @@ Shims, applied in this process only (nothing in site-packages is patched):
 
 1. ``scipy.sparse.sputils``: recoder.data does ``import scipy.sparse.sputils as sputils`` and calls
    ``sputils.issequence`` / ``sputils.isintlike``; scipy >= 1.8 moved them to
-   ``scipy.sparse._sputils`` (and recent releases dropped the public module). A module object
+   ``scipy.sparse._sputils``, and scipy 1.17's deprecated ``scipy.sparse.sputils`` exports
+   nothing (``AttributeError: `scipy.sparse.sputils` has no attribute `issequence```, raised at
+   the first dataset index, i.e. the first training batch). A module object
    ``scipy.sparse.sputils`` holding those two functions from ``scipy.sparse._sputils`` is put in
    ``sys.modules`` (and as an attribute of ``scipy.sparse``) before recoder is imported.
 
 Nothing else needed a shim with torch 2.13 (checked by running every path the driver uses:
-negative sampling with sparse and dense gradients, full mode, each loss, milestones, predict).
+negative sampling with sparse and dense gradients, full mode, each loss, milestones, a data
+worker process, predict; the scores equal a hand-written forward pass to 3e-8).
 What still only warns: ``torch.sparse.FloatTensor(...)`` (deprecated, still works), the
 ``lr_scheduler.step()``-before-``optimizer.step()`` order and ``get_lr()`` call (same
 schedule as under torch 1.8: the scheduler steps at the start of each epoch, so milestone m
@@ -142,6 +146,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.5, help="input dropout probability")
     parser.add_argument("--data-workers", type=int, default=0, help="Recoder's num_data_workers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--splits", default="validation,test",
+                        help="comma-separated held-out splits to score after training ('' for none)")
     return parser.parse_args(argv)
 
 
@@ -211,7 +217,7 @@ def main(argv=None) -> int:
 
     out = {}
     started = time.perf_counter()
-    for split in ("validation", "test"):
+    for split in filter(None, args.splits.split(",")):
         out[f"{split}_scores"] = score(recoder, csr(data, split, n_items), args.batch_size)
     score_s = time.perf_counter() - started
 

@@ -299,6 +299,8 @@ def feed_rates(data: Path, passes: int = 3) -> dict[str, float]:
     """Users/s of the trainer's input alone, one reader for ``passes`` passes as ``trainer.fit``
     keeps it: Petastorm (``feed.train_rows``), and Petastorm + batch-union sampling
     (``trainer._batches``, what the trainer's prefetch thread produces)."""
+    import importlib
+    importlib.import_module("petastorm")  # before the clock starts: a one-time cost per process
     from recoder_dist.distributed import Workers
     from recoder_dist.feed import train_rows
     from recoder_dist.trainer import _batches
@@ -432,8 +434,8 @@ def als_baseline(data: Path, work: Path, enabled: bool) -> Measured:
                                    "benchmarks/.venv-baselines && benchmarks/.venv-baselines/bin/pip install "
                                    "implicit==0.7.2)")
     target = work / "als-out.npz"
-    error = run_baseline(".venv-baselines", "_als.py", [baseline_input(data, work / "baseline-in.npz"), target],
-                         CORES)
+    source = baseline_input(data, work / f"baseline-{data.name}-in.npz")
+    error = run_baseline(".venv-baselines", "_als.py", [source, target], CORES)
     if error:
         return Measured(None, 0.0, error)
     out = np.load(target)
@@ -445,6 +447,34 @@ def als_baseline(data: Path, work: Path, enabled: bool) -> Measured:
     val, g, note = best
     return Measured(evaluate(precomputed_scorer(out[f"test_{g}"]), data), float(out[f"fit_s_{g}"] + out[f"test_s_{g}"]),
                     note, validation_ndcg=val, fit_s=float(out[f"fit_s_{g}"]))
+
+
+RECODER_SETUP = ("python3.11 -m venv benchmarks/.venv-recoder && benchmarks/.venv-recoder/bin/pip install "
+                 "torch==2.13.0 && benchmarks/.venv-recoder/bin/pip install numpy==1.26.4 scipy annoy glog tqdm "
+                 "&& benchmarks/.venv-recoder/bin/pip install --no-deps recsys-recoder==0.4.0")
+
+
+def recoder_baseline(data: Path, work: Path, enabled: bool, epochs: int, batch_size: int, sampling_users: int,
+                     splits: str = "test") -> tuple[Measured, Optional[dict]]:
+    """The original Recoder (``recsys-recoder==0.4.0``) in ``benchmarks/.venv-recoder`` with the same
+    hyper-parameters (h=200 tanh, noise 0.5, multinomial, Adam 1e-3, weight decay 2e-5, no
+    milestones): test metrics after ``epochs`` (when ``splits`` includes test) and its epoch
+    timings (``benchmarks/_recoder.py``)."""
+    if not enabled or not (ROOT / "benchmarks" / ".venv-recoder" / "bin" / "python").is_file():
+        return Measured(None, 0.0, f"not measured (run with --baselines after: {RECODER_SETUP})"), None
+    target = work / f"recoder-{data.name}-out.npz"
+    error = run_baseline(".venv-recoder", "_recoder.py",
+                         [baseline_input(data, work / f"baseline-{data.name}-in.npz"), target, "--epochs", epochs,
+                          "--batch-size", batch_size, "--num-sampling-users", sampling_users, "--threads", CORES,
+                          "--splits", splits], CORES)
+    if error:
+        return Measured(None, 0.0, error), None
+    out = np.load(target)
+    test = evaluate(precomputed_scorer(out["test_scores"]), data) if "test_scores" in out else None
+    epoch_s = [float(x) for x in out["epoch_s"]]
+    return (Measured(test, float(out["fit_s"]), f"last of {epochs} epochs, batch {batch_size}, union per "
+                                                f"{sampling_users} users", fit_s=float(out["fit_s"])),
+            {"epoch_s": epoch_s, "train_users": int(out["train_users"])})
 
 
 def seconds_to_reach(history: Sequence[dict], ndcg: float) -> Optional[tuple[int, float]]:
@@ -467,7 +497,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequence[str] = (),
-                  scaling: bool = True, bf16: bool = True, many_groups: Optional[Path] = None) -> list[str]:
+                  scaling: bool = True, bf16: bool = True, many_groups: Optional[Path] = None,
+                  baselines: bool = False, baseline_quality: bool = True) -> list[str]:
     m = manifest(data)
     base = [*SPEED_TRAIN, f"train.epochs={epochs}", *extra]
     print(f"{name}: {m['num_users']['train']} train users × {m['num_items']} items, "
@@ -539,6 +570,7 @@ def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequenc
                      f"{(2 * target * h + target + h) * 4 / 1e6:.1f} MB (|U| = {target:.0f}); sparse "
                      f"{(2 * own * h + own) * 4 * 2 / 1e6:.1f} MB gathered from 2 ranks (|T| = {own:.0f} each).")
 
+    lines += [""] + original_recoder_lines(runs, data, work, epochs, baselines, baseline_quality)
     consume = steady(reference)["users_per_s"]
     step_rate = alone_rows[0][4]
     lines.append("")
@@ -562,6 +594,31 @@ def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequenc
     lines.append(table(["input", "Petastorm users/s", "÷ epoch users/s", "+ sampling users/s", "÷ epoch users/s",
                         "union fp32 epoch users/s"], feed_rows))
     return lines
+
+
+def original_recoder_lines(runs: dict, data: Path, work: Path, epochs: int, baselines: bool,
+                           quality: bool) -> list[str]:
+    """Our runs against the original Recoder's, same data, hyper-parameters and epochs."""
+    measured, timing = recoder_baseline(data, work, baselines, epochs, 500, 500, "test" if quality else "")
+    if timing is None:
+        return [f"Recoder 0.4.0 (original): {measured.note}."]
+    history = [{"epoch_s": e, "users_per_s": timing["train_users"] / e, "target_size": 0.0} for e in timing["epoch_s"]]
+    original = steady({"history": history})
+
+    def recall(test: Optional[dict]) -> str:
+        return f"{test['recall_at_20']:.4f}" if test else "–"
+
+    rows = [["Recoder 0.4.0 (original), union, fp32", f"{original['epoch_s']:.2f}", f"{original['users_per_s']:.0f}",
+             "1.00", recall(measured.test)]]
+    for (mode, dtype) in [k for k in runs if isinstance(k, tuple)]:
+        s = steady(runs[(mode, dtype)])
+        rows.append([f"recoder-dist, {mode}, {dtype}", f"{s['epoch_s']:.2f}", f"{s['users_per_s']:.0f}",
+                     f"{s['users_per_s'] / original['users_per_s']:.2f}",
+                     recall(runs[(mode, dtype)]["test"] if quality else None)])
+    return [f"Against the original Recoder (`recsys-recoder==0.4.0`, its own training loop and in-memory "
+            f"loader, 1 process × {CORES} threads, {epochs} epochs, same hyper-parameters; fastest epoch after "
+            f"the first; test Recall@20 after the last epoch):", "",
+            table(["run", "s/epoch", "users/s", "÷ original users/s", "test Recall@20"], rows)]
 
 
 AUTOENCODERS = {"autoencoder, batch union": ["train.full=false"], "autoencoder, full": ["train.full=true"],
@@ -597,6 +654,9 @@ def quality_section(data: Path, epochs: int, work: Path, baselines: bool) -> lis
     results["EASE"] = Measured(evaluate(scorer, data), fit_s + time.perf_counter() - started,
                                f"λ={lam:g} (best on validation)")
     results["implicit ALS"] = als_baseline(data, work, baselines)
+    t = load_config(config).train
+    results["Recoder 0.4.0 (original)"] = recoder_baseline(data, work, baselines, epochs, t.batch_size,
+                                                           t.num_sampling_users, "validation,test")[0]
     ease = results["EASE"].test
     rows = []
     for name, measured in results.items():
@@ -664,9 +724,10 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{__import__('torch').__version__})", ""]
     try:
         report += speed_section(ml1m, args.epochs, work, "ML-1M-sized synthetic", scaling=not args.skip_scaling,
-                                many_groups=ml1m_many)
+                                many_groups=ml1m_many, baselines=args.baselines)
         if ml20m is not None:
-            report += [""] + speed_section(ml20m, 1, work, "ML-20M-sized synthetic", scaling=False, bf16=False)
+            report += [""] + speed_section(ml20m, 1, work, "ML-20M-sized synthetic", scaling=False, bf16=False,
+                                           baselines=args.baselines, baseline_quality=False)
         if ml100k is not None:
             report += [""] + quality_section(ml100k, args.quality_epochs, work, args.baselines)
     finally:

@@ -62,7 +62,8 @@ class Workers:
 
     def broadcast_model(self, model: torch.nn.Module) -> None:
         """Make every rank hold rank 0's parameters."""
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        if self.size > 1:
+            hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
     def broadcast_object(self, obj: Any, name: str) -> Any:
         """Rank 0's Python object on every rank (``name`` must be the same on all ranks:

@@ -63,10 +63,9 @@ def steps_per_epoch(num_train_users: int, batch_size: int, ranks: int) -> int:
 
 def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, num_train_users: int,
              first_epoch: int) -> Iterator[Batch]:
-    """This rank's endless stream of batches from ``first_epoch`` on: one Petastorm reader for the
-    whole run (a reader per epoch would pay its start and a refilled shuffle buffer every epoch).
-    Petastorm reshuffles the row groups on each pass; the seeds derive from ``first_epoch`` so a
-    resumed run reads a fresh, seeded order."""
+    """This rank's endless stream of batches from ``first_epoch`` on, from one Petastorm reader for
+    the whole run (see ``recoder_dist.feed``). The seeds derive from ``first_epoch``, so a resumed
+    run reads a fresh, seeded order."""
     t = config.train
     chunk = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
     rng = np.random.default_rng([t.seed, first_epoch, workers.rank])
