@@ -1,7 +1,7 @@
 """benchmarks/.venv-recoder/bin/python benchmarks/_recoder.py IN.npz OUT.npz [--epochs N]
     [--loss multinomial|logistic|mse] [--batch-size 500] [--num-sampling-users 500] [--hidden 200]
     [--threads T] [--full] [--dense-grad] [--milestones 60,80] [--seed 0] [--data-workers 0]
-    [--splits validation,test]
+    [--splits validation,test] [--top-k 100]
 
 The original Recoder (PyPI ``recsys-recoder==0.4.0``, Moussawi 2018) as a baseline for
 ``benchmarks/train.py``, run in its own venv (it pins torch 1.8 / numpy 1.19 / scipy 1.6; here it is
@@ -17,13 +17,13 @@ its sdist, glog 0.3.1 with python-gflags 3.1.2 and six 1.17.0, tqdm 4.70.1.)
 
 IN.npz (as ``_als.py`` reads it): ``n_items`` and CSR arrays ``{train,validation,test}_{indptr,
 indices,data}``; the validation/test rows are the held-out users' fold-in items. OUT.npz:
-``validation_scores`` and ``test_scores`` (those of ``--splits``; float32, one full-catalogue row per
-fold-in user, input order; the caller masks fold-in items and evaluates), ``epoch_s`` (seconds per training epoch),
+``validation_top`` and ``test_top`` (those of ``--splits``; int32, the ``--top-k`` best items of each
+fold-in user, its fold-in items excluded, best first, input order; the caller evaluates), ``epoch_s`` (seconds per training epoch),
 ``users_per_s`` (train users / epoch seconds), ``epoch_cpu_s`` (this process's CPU seconds per
 epoch), ``epoch_cpu_stall_s`` (seconds per epoch during which some task on the machine waited for
 a CPU, from ``/proc/pressure/cpu``, NaN where absent: a high share flags an epoch slowed by other
 work on a shared machine), ``fit_s`` (the whole ``Recoder.train`` call),
-``score_s`` (scoring both splits), ``threads``, ``train_users`` and ``config`` (JSON).
+``score_s`` (ranking the splits), ``threads``, ``train_users`` and ``config`` (JSON).
 
 Training is the original's own loop (``Recoder.train``) with the original hyper-parameters:
 ``DynamicAutoencoder(hidden_layers=[200], activation_type='tanh', noise_prob=0.5)``, Adam lr 1e-3,
@@ -146,6 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.5, help="input dropout probability")
     parser.add_argument("--data-workers", type=int, default=0, help="Recoder's num_data_workers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-k", type=int, default=100, help="items ranked per held-out user")
     parser.add_argument("--splits", default="validation,test",
                         help="comma-separated held-out splits to score after training ('' for none)")
     return parser.parse_args(argv)
@@ -160,10 +161,12 @@ def cpu_stall_s() -> float:
         return float("nan")
 
 
-def score(recoder: Recoder, rows: sp.csr_matrix, batch_size: int) -> np.ndarray:
-    """Full-catalogue scores (float32) of fold-in rows, in order, through ``Recoder.predict``."""
+def top_items(recoder: Recoder, rows: sp.csr_matrix, batch_size: int, k: int) -> np.ndarray:
+    """The ``k`` best-scored items (int32, best first) of each fold-in row, its own fold-in items
+    excluded, in order, through ``Recoder.predict`` (full-catalogue scores stay in this process:
+    at ML-20M size they would be gigabytes)."""
     dataset = RecommendationDataset(rows)
-    out = np.empty(rows.shape, dtype=np.float32)
+    out = np.empty((rows.shape[0], k), dtype=np.int32)
     with torch.no_grad():
         for start in range(0, rows.shape[0], batch_size):
             index = list(range(start, min(start + batch_size, rows.shape[0])))
@@ -171,7 +174,10 @@ def score(recoder: Recoder, rows: sp.csr_matrix, batch_size: int) -> np.ndarray:
             prediction = recoder.predict(users_interactions)
             if isinstance(prediction, tuple):  # 0.4.0 returns (output, output) without return_input
                 prediction = prediction[0]
-            out[start:start + len(index)] = prediction.float().cpu().numpy()
+            scores = prediction.float().cpu()
+            foldin = rows[start:start + len(index)].tocoo()
+            scores[torch.from_numpy(foldin.row).long(), torch.from_numpy(foldin.col).long()] = -float("inf")
+            out[start:start + len(index)] = torch.topk(scores, k, dim=1).indices.numpy()
     return out
 
 
@@ -218,7 +224,7 @@ def main(argv=None) -> int:
     out = {}
     started = time.perf_counter()
     for split in filter(None, args.splits.split(",")):
-        out[f"{split}_scores"] = score(recoder, csr(data, split, n_items), args.batch_size)
+        out[f"{split}_top"] = top_items(recoder, csr(data, split, n_items), args.batch_size, args.top_k)
     score_s = time.perf_counter() - started
 
     config = {"recoder": RECODER_VERSION, "torch": torch.__version__, "loss": args.loss,

@@ -1,22 +1,25 @@
-"""python benchmarks/train.py [--epochs 3] [--ml20m] [--skip-quality] [--baselines]
+"""python benchmarks/train.py [--epochs 4] [--quality-epochs 60] [--ml20m] [--baselines] [--skip-quality]
 
 The trainer side by side, every figure a ratio against a baseline measured in the same run:
 
 1. speed on ML-1M-sized synthetic data (6,040 users × 3,706 items, ~1M interactions; with
    ``--ml20m`` also one epoch at ML-20M size): seconds/epoch and users/s of batch-union vs full
-   mode and fp32 vs bf16 (one process × all cores), and of the three gradient exchanges at
-   ``horovodrun -np 2`` × 1 thread vs one process × 1 thread;
+   mode and fp32 vs bf16 (one process × all cores), of the three gradient exchanges at
+   ``horovodrun -np 2`` × 1 thread vs one process × 1 thread, and (``--baselines``) of the
+   original Recoder 0.4.0 with the same hyper-parameters, with test Recall@20 beside;
 2. achieved GFLOP/s of whole epochs and of the step alone (batches prepared in memory) as a
    fraction of torch's GEMM GFLOP/s for the same shapes, dtype and threads (FLOP model in
    :func:`step_flops`);
-3. the Petastorm feed alone (users/s of ``feed.train_rows``) vs what the trainer consumes, at
-   the prepare job's default 256 train row groups and at 16;
+3. the trainer's input alone (Petastorm, and Petastorm + batch-union sampling) vs what an epoch
+   consumes, at the embedded default's 32 train row groups and at the public configs' 256;
 4. quality on real MovieLens 100K (test split, best-validation epoch): batch-union vs full
-   mode vs popularity vs EASE (Steck 2019, closed form), with wall time each.
+   mode vs bf16 vs popularity vs EASE (Steck 2019, closed form) and (``--baselines``)
+   implicit's ALS and the original Recoder, with wall time each, and the training time our
+   autoencoders need to first reach ALS's validation NDCG@100.
 
 Prepared datasets are cached in ``data/bench/`` (rerun with ``--fresh`` to rebuild). Training
 runs are subprocesses (``[horovodrun -np R] python benchmarks/train.py --worker ...``) calling
-``trainer.fit`` without MLflow.
+``trainer.fit`` without MLflow; the baselines run in their own venvs (``benchmarks/README.md``).
 """
 from __future__ import annotations
 
@@ -254,6 +257,7 @@ def step_alone(data: Path, full: bool, dtype: str, threads: int, steps: int = 20
     import pyarrow.parquet as pq
     import torch
 
+    from recoder_dist.allocator import reuse_freed_memory
     from recoder_dist.distributed import Workers
     from recoder_dist.losses import get_loss
     from recoder_dist.sampling import UserRows, make_batches
@@ -261,6 +265,7 @@ def step_alone(data: Path, full: bool, dtype: str, threads: int, steps: int = 20
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    reuse_freed_memory()  # as fit does
     config = load_config(None, [*SPEED_TRAIN, f"train.full={str(full).lower()}", f"train.dtype={dtype}"])
     t, n_items = config.train, manifest(data)["num_items"]
     table = pq.read_table(data / "train", columns=["user_idx", "items", "values"]).slice(0, 10 * t.batch_size)
@@ -398,6 +403,23 @@ class Measured:
     fit_s: Optional[float] = None
 
 
+def ranked_scorer(top: np.ndarray, n_items: int):
+    """Scores from top-k lists computed elsewhere (best first): k, k-1, … 1 on the listed items,
+    -inf elsewhere, handed out in the order ``metric_sums`` asks for users (the metrics look at
+    the top 100 at most)."""
+    import torch
+    position = [0]
+    ranks = torch.arange(top.shape[1], 0, -1, dtype=torch.float32)
+
+    def score(items, values, offsets):
+        n = offsets.numel() - 1
+        part = torch.from_numpy(top[position[0]:position[0] + n]).long()
+        position[0] += n
+        scores = torch.full((n, n_items), -float("inf"))
+        return scores.scatter_(1, part, ranks.expand(n, -1))
+    return score
+
+
 def baseline_input(data: Path, path: Path) -> Path:
     """The train matrix and the held-out users' fold-in rows as CSR arrays in one ``.npz``
     (what the baselines in their own venvs read)."""
@@ -454,23 +476,22 @@ RECODER_SETUP = ("python3.11 -m venv benchmarks/.venv-recoder && benchmarks/.ven
                  "&& benchmarks/.venv-recoder/bin/pip install --no-deps recsys-recoder==0.4.0")
 
 
-def recoder_baseline(data: Path, work: Path, enabled: bool, epochs: int, batch_size: int, sampling_users: int,
-                     splits: str = "test") -> tuple[Measured, Optional[dict]]:
+def recoder_baseline(data: Path, work: Path, enabled: bool, epochs: int, batch_size: int,
+                     sampling_users: int) -> tuple[Measured, Optional[dict]]:
     """The original Recoder (``recsys-recoder==0.4.0``) in ``benchmarks/.venv-recoder`` with the same
     hyper-parameters (h=200 tanh, noise 0.5, multinomial, Adam 1e-3, weight decay 2e-5, no
-    milestones): test metrics after ``epochs`` (when ``splits`` includes test) and its epoch
-    timings (``benchmarks/_recoder.py``)."""
+    milestones): test metrics after ``epochs`` and its epoch timings (``benchmarks/_recoder.py``)."""
     if not enabled or not (ROOT / "benchmarks" / ".venv-recoder" / "bin" / "python").is_file():
         return Measured(None, 0.0, f"not measured (run with --baselines after: {RECODER_SETUP})"), None
     target = work / f"recoder-{data.name}-out.npz"
     error = run_baseline(".venv-recoder", "_recoder.py",
                          [baseline_input(data, work / f"baseline-{data.name}-in.npz"), target, "--epochs", epochs,
                           "--batch-size", batch_size, "--num-sampling-users", sampling_users, "--threads", CORES,
-                          "--splits", splits], CORES)
+                          "--splits", "test"], CORES)
     if error:
         return Measured(None, 0.0, error), None
     out = np.load(target)
-    test = evaluate(precomputed_scorer(out["test_scores"]), data) if "test_scores" in out else None
+    test = evaluate(ranked_scorer(out["test_top"], manifest(data)["num_items"]), data)
     epoch_s = [float(x) for x in out["epoch_s"]]
     return (Measured(test, float(out["fit_s"]), f"last of {epochs} epochs, batch {batch_size}, union per "
                                                 f"{sampling_users} users", fit_s=float(out["fit_s"])),
@@ -497,14 +518,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequence[str] = (),
-                  scaling: bool = True, bf16: bool = True, many_groups: Optional[Path] = None,
-                  baselines: bool = False, baseline_quality: bool = True) -> list[str]:
+                  scaling: bool = True, many_groups: Optional[Path] = None,
+                  baselines: bool = False) -> list[str]:
     m = manifest(data)
     base = [*SPEED_TRAIN, f"train.epochs={epochs}", *extra]
     print(f"{name}: {m['num_users']['train']} train users × {m['num_items']} items, "
           f"{m['nnz']['train']['items']} train interactions; {epochs} epoch(s) per run", flush=True)
     runs = {}
-    dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
+    dtypes = ("float32", "bfloat16")
     for mode, mode_args in (("union", ["train.full=false"]), ("full", ["train.full=true"])):
         for dtype in dtypes:
             runs[(mode, dtype)] = train(f"{name}-{mode}-{dtype}-np1x{CORES}", data, 1, CORES,
@@ -521,8 +542,9 @@ def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequenc
 
     lines = [f"### {name}: {m['num_users']['train']:,} train users × {m['num_items']:,} items, "
              f"{m['nnz']['train']['items']:,} train interactions",
-             "", f"Fastest epoch after the first of {epochs}-epoch runs; batch 500, target set per 500 "
-             f"users, h=200, multinomial loss; {CORES} cores.", ""]
+             "", (f"Fastest epoch after the first of {epochs}-epoch runs" if epochs > 1 else
+                  "One epoch per run (including the reader's start)")
+             + f"; batch 500, target set per 500 users, h=200, multinomial loss; {CORES} cores.", ""]
     reference = runs[("union", "float32")]
     rows = []
     for (mode, dtype) in [k for k in runs if isinstance(k, tuple)]:
@@ -556,10 +578,9 @@ def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequenc
     lines += ["", "GEMM ceiling per run (GFLOP/s of the decoder's three GEMMs at the run's B × h × mean |T|, "
               "measured by the run's own processes right after training, same dtype and threads, summed over "
               "ranks): " + "; ".join(gemms)]
-    if bf16:
-        ratio = steady(runs[("union", "bfloat16")])["users_per_s"] / steady(reference)["users_per_s"]
-        lines.append(f"bf16 ÷ fp32 (union): {ratio:.2f}×; full ÷ union (fp32): "
-                     f"{steady(runs[('full', 'float32')])['users_per_s'] / steady(reference)['users_per_s']:.2f}×")
+    ratio = steady(runs[("union", "bfloat16")])["users_per_s"] / steady(reference)["users_per_s"]
+    lines.append(f"bf16 ÷ fp32 (union): {ratio:.2f}×; full ÷ union (fp32): "
+                 f"{steady(runs[('full', 'float32')])['users_per_s'] / steady(reference)['users_per_s']:.2f}×")
     if scaling:
         h = 200
         n_items = m["num_items"]
@@ -570,7 +591,7 @@ def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequenc
                      f"{(2 * target * h + target + h) * 4 / 1e6:.1f} MB (|U| = {target:.0f}); sparse "
                      f"{(2 * own * h + own) * 4 * 2 / 1e6:.1f} MB gathered from 2 ranks (|T| = {own:.0f} each).")
 
-    lines += [""] + original_recoder_lines(runs, data, work, epochs, baselines, baseline_quality)
+    lines += [""] + original_recoder_lines(runs, data, work, epochs, baselines)
     consume = steady(reference)["users_per_s"]
     step_rate = alone_rows[0][4]
     lines.append("")
@@ -596,10 +617,9 @@ def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequenc
     return lines
 
 
-def original_recoder_lines(runs: dict, data: Path, work: Path, epochs: int, baselines: bool,
-                           quality: bool) -> list[str]:
+def original_recoder_lines(runs: dict, data: Path, work: Path, epochs: int, baselines: bool) -> list[str]:
     """Our runs against the original Recoder's, same data, hyper-parameters and epochs."""
-    measured, timing = recoder_baseline(data, work, baselines, epochs, 500, 500, "test" if quality else "")
+    measured, timing = recoder_baseline(data, work, baselines, epochs, 500, 500)
     if timing is None:
         return [f"Recoder 0.4.0 (original): {measured.note}."]
     history = [{"epoch_s": e, "users_per_s": timing["train_users"] / e, "target_size": 0.0} for e in timing["epoch_s"]]
@@ -614,10 +634,11 @@ def original_recoder_lines(runs: dict, data: Path, work: Path, epochs: int, base
         s = steady(runs[(mode, dtype)])
         rows.append([f"recoder-dist, {mode}, {dtype}", f"{s['epoch_s']:.2f}", f"{s['users_per_s']:.0f}",
                      f"{s['users_per_s'] / original['users_per_s']:.2f}",
-                     recall(runs[(mode, dtype)]["test"] if quality else None)])
+                     recall(runs[(mode, dtype)]["test"])])
+    which = "fastest epoch after the first" if epochs > 1 else "its one epoch"
     return [f"Against the original Recoder (`recsys-recoder==0.4.0`, its own training loop and in-memory "
-            f"loader, 1 process × {CORES} threads, {epochs} epochs, same hyper-parameters; fastest epoch after "
-            f"the first; test Recall@20 after the last epoch):", "",
+            f"loader, 1 process × {CORES} threads, {epochs} epoch(s), same hyper-parameters; {which}; test "
+            f"Recall@20 after the last epoch):", "",
             table(["run", "s/epoch", "users/s", "÷ original users/s", "test Recall@20"], rows)]
 
 
@@ -656,7 +677,7 @@ def quality_section(data: Path, epochs: int, work: Path, baselines: bool) -> lis
     results["implicit ALS"] = als_baseline(data, work, baselines)
     t = load_config(config).train
     results["Recoder 0.4.0 (original)"] = recoder_baseline(data, work, baselines, epochs, t.batch_size,
-                                                           t.num_sampling_users, "validation,test")[0]
+                                                           t.num_sampling_users)[0]
     ease = results["EASE"].test
     rows = []
     for name, measured in results.items():
@@ -726,8 +747,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         report += speed_section(ml1m, args.epochs, work, "ML-1M-sized synthetic", scaling=not args.skip_scaling,
                                 many_groups=ml1m_many, baselines=args.baselines)
         if ml20m is not None:
-            report += [""] + speed_section(ml20m, 1, work, "ML-20M-sized synthetic", scaling=False, bf16=False,
-                                           baselines=args.baselines, baseline_quality=False)
+            report += [""] + speed_section(ml20m, 1, work, "ML-20M-sized synthetic", scaling=False,
+                                           baselines=args.baselines)
         if ml100k is not None:
             report += [""] + quality_section(ml100k, args.quality_epochs, work, args.baselines)
     finally:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pipeline.manifest import DatasetError, read_manifest
 from recoder_dist import checkpoint
+from recoder_dist.allocator import reuse_freed_memory
 from recoder_dist.config import Config
 from recoder_dist.distributed import Workers
 from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
@@ -120,7 +121,7 @@ class Step:
         self.optimizer.zero_grad()
         with self.autocast:
             logits = self.model(batch.items, batch.values, batch.offsets, batch.target_items)
-        loss = self.loss_fn(logits.float(), batch.rows, batch.target_cols, batch.values)
+        loss = self.loss_fn(logits, batch.rows, batch.target_cols, batch.values)
         loss.backward()
         self.workers.exchange_gradients(self.model, self.item_names, t.grad_exchange, batch.target_items)
         self.optimizer.step()
@@ -161,6 +162,8 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
 
     ``run_state`` is opaque tracker state stored in checkpoints (the MLflow run id), so that a
     resumed run continues the same tracked run.
+
+    Sets this process's torch threads and malloc thresholds (``recoder_dist.allocator``).
     """
     t = config.train
     manifest = read_manifest(data_dir)
@@ -172,6 +175,7 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
                            f"prepare.max_ranks")
     torch.manual_seed(t.seed)
     torch.set_num_threads(t.threads or workers.default_threads())
+    reuse_freed_memory()
     device = workers.device()
     model = build_model(num_items, config).to(device)
     fused = {"fused": True} if device.type in {"cpu", "cuda"} else {}

@@ -69,8 +69,26 @@ def test_get_loss_binds_confidence(case):
         get_loss("hinge")
 
 
-def test_losses_accept_float32_values_with_bf16_logits():
-    logits = torch.randn(2, 4).to(torch.bfloat16)
-    rows, cols, values = torch.tensor([0, 1]), torch.tensor([3, 0]), torch.ones(2)
-    for fn in LOSSES.values():
-        assert fn(logits, rows, cols, values).dtype == torch.bfloat16
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_losses_sum_bf16_logits_in_float32_and_return_bf16_gradients(case, name):
+    logits, rows, cols, values, _ = case
+    low = logits.detach().to(torch.bfloat16).requires_grad_()
+    loss = LOSSES[name](low, rows, cols, values.float())
+    assert loss.dtype == torch.float32
+    (grad,) = torch.autograd.grad(loss, low)
+    assert grad.dtype == torch.bfloat16
+    # the same as the float32 loss of the same (rounded) logits, up to bf16's rounding of the gradient
+    exact = low.detach().float().requires_grad_()
+    expected = LOSSES[name](exact, rows, cols, values.float())
+    torch.testing.assert_close(loss, expected)
+    (expected_grad,) = torch.autograd.grad(expected, exact)
+    torch.testing.assert_close(grad.float(), expected_grad, rtol=1e-2, atol=1e-3)
+
+
+def test_multinomial_backward_runs_once():
+    """Its backward scales the saved buffer in place: a second pass must fail, not be wrong."""
+    logits = torch.randn(2, 4, requires_grad=True)
+    loss = multinomial_nll(logits, torch.tensor([0, 1]), torch.tensor([3, 0]), torch.ones(2))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already back-propagated"):
+        loss.backward()
