@@ -178,10 +178,16 @@ def sample_targets(items: np.ndarray, num_items: int, num_neg_samples: int,
     if num_neg_samples < 0:
         raise ValueError(f"num_neg_samples must be >= 0, got {num_neg_samples} "
                          "(use full mode to score all items)")
-    union = np.unique(np.asarray(items, dtype=np.int64))
-    if len(union) and (union[0] < 0 or union[-1] >= num_items):
+    items = np.asarray(items, dtype=np.int64)
+    if len(items) and (items.min() < 0 or items.max() >= num_items):
         raise ValueError(f"item ids must lie in [0, {num_items}), got range "
-                         f"[{union[0]}, {union[-1]}]")
+                         f"[{items.min()}, {items.max()}]")
+    if _catalogue_is_small(num_items, len(items)):
+        seen = np.zeros(num_items, dtype=bool)
+        seen[items] = True
+        union = np.flatnonzero(seen)
+    else:
+        union = np.unique(items)
     k = min(num_neg_samples, num_items - len(union))
     if k == 0:
         return union
@@ -192,11 +198,24 @@ def sample_targets(items: np.ndarray, num_items: int, num_neg_samples: int,
     return np.sort(np.concatenate([union, negatives]))
 
 
-def _to_batch(rows: UserRows, targets: Optional[np.ndarray],
-              target_tensor: Optional[torch.Tensor]) -> Batch:
+def _catalogue_is_small(num_items: int, nnz: int) -> bool:
+    """Whether arrays over the whole catalogue cost less than sorting/searching ``nnz`` ids
+    (ML-20M's 27K items against a group's ~70K interactions: yes; 10M items: no)."""
+    return num_items <= 4 * nnz
+
+
+def _target_columns(targets: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+    """Position of each of ``items`` in the sorted ``targets`` (which contain them all)."""
+    if _catalogue_is_small(num_items, len(items)):
+        position = np.empty(num_items, dtype=np.int64)
+        position[targets] = np.arange(len(targets))
+        return position[items]
+    return np.searchsorted(targets, items)
+
+
+def _to_batch(rows: UserRows, target_tensor: Optional[torch.Tensor], cols: np.ndarray) -> Batch:
     counts = np.diff(rows.offsets)
     batch_rows = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
-    cols = rows.items if targets is None else np.searchsorted(targets, rows.items)
     return Batch(offsets=torch.from_numpy(rows.offsets), items=torch.from_numpy(rows.items),
                  values=torch.from_numpy(rows.values), rows=torch.from_numpy(batch_rows),
                  target_items=target_tensor, target_cols=torch.from_numpy(cols))
@@ -243,15 +262,18 @@ def make_batches(rows: UserRows, batch_size: int, num_sampling_users: int, num_i
         if rows.items.size and (rows.items.min() < 0 or rows.items.max() >= num_items):
             raise ValueError(f"item ids must lie in [0, {num_items})")
         for start in range(0, len(rows), batch_size):
-            yield _to_batch(rows.slice(start, start + batch_size), None, None)
+            batch = rows.slice(start, start + batch_size)
+            yield _to_batch(batch, None, batch.items)
         return
     rng = np.random.default_rng() if rng is None else rng
     for group_start in range(0, len(rows), group_size):
         group = rows.slice(group_start, group_start + group_size)
         targets = sample_targets(group.items, num_items, num_neg_samples, rng)
         target_tensor = torch.from_numpy(targets)
+        cols = _target_columns(targets, group.items, num_items)
         for start in range(0, len(group), batch_size):
-            yield _to_batch(group.slice(start, start + batch_size), targets, target_tensor)
+            batch = group.slice(start, start + batch_size)
+            yield _to_batch(batch, target_tensor, cols[group.offsets[start]:group.offsets[start] + len(batch.items)])
 
 
 def retarget(batch: Batch, target_items: torch.Tensor) -> Batch:

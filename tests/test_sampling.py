@@ -69,9 +69,10 @@ def test_sample_targets_caps_at_catalogue():
     assert out.tolist() == [0, 1, 2, 3, 4]
 
 
-def test_sample_targets_rejects_out_of_range():
-    with pytest.raises(ValueError, match=r"\[0, 5\)"):
-        sample_targets(np.array([1, 5]), 5, 0, np.random.default_rng(0))
+@pytest.mark.parametrize("bad", [5, -1])
+def test_sample_targets_rejects_out_of_range(bad):
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):  # a negative id must not wrap around
+        sample_targets(np.array([1, bad]), 5, 0, np.random.default_rng(0))
 
 
 def dense(batch: Batch, width: int) -> torch.Tensor:
@@ -80,9 +81,12 @@ def dense(batch: Batch, width: int) -> torch.Tensor:
     return out
 
 
-def test_make_batches_groups_share_exact_union():
+# the union and the target columns are computed with arrays over the catalogue when it is small
+# next to a group's interactions, by sorting and searching when it is large: both must agree
+@pytest.mark.parametrize("num_items", [NUM_ITEMS, 10**7])
+def test_make_batches_groups_share_exact_union(num_items):
     rows = random_rows(23)
-    batches = list(make_batches(rows, batch_size=4, num_sampling_users=8, num_items=NUM_ITEMS,
+    batches = list(make_batches(rows, batch_size=4, num_sampling_users=8, num_items=num_items,
                                 rng=np.random.default_rng(0)))
     assert [b.num_users for b in batches] == [4, 4, 4, 4, 4, 3]  # ceil(23 / 4)
     for g, group_batches in enumerate([batches[0:2], batches[2:4], batches[4:6]]):
