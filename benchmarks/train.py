@@ -11,7 +11,7 @@ The trainer side by side, every figure a ratio against a baseline measured in th
    fraction of torch's GEMM GFLOP/s for the same shapes, dtype and threads (FLOP model in
    :func:`step_flops`);
 3. the trainer's input alone (Petastorm, and Petastorm + batch-union sampling) vs what an epoch
-   consumes, at the embedded default's 32 train row groups and at the public configs' 256;
+   consumes, with the embedded default's row groups and with tiny ones (~19 users each);
 4. quality on real MovieLens 100K (test split, best-validation epoch): batch-union vs full
    mode vs bf16 vs popularity vs EASE (Steck 2019, closed form) and (``--baselines``)
    implicit's ALS and the original Recoder, with wall time each, and the training time our
@@ -49,13 +49,14 @@ ML1M = SyntheticConfig(num_users=6040, num_items=3706, mean_interactions=165.6, 
 # MovieLens-20M's shape: 138,493 users, 26,744 items, 20.0M ratings (144.4 per user)
 ML20M = SyntheticConfig(num_users=138493, num_items=26744, mean_interactions=144.4, num_factors=16, seed=7)
 # every interaction kept (no threshold), so the trainer sees ~1M (~20M) interactions; train row
-# groups as the embedded default writes them (conf/default.yaml: 8 ranks × 4)
+# groups as the embedded default sizes them (conf/default.yaml)
 _DEFAULT = load_config(ROOT / "conf" / "default.yaml").prepare
 SPEED_PREPARE = PrepareConfig(rating_threshold=None, binarize=True, duplicates="max", min_user_interactions=5,
                               validation_users=0.1, test_users=0.1, seed=3, max_ranks=_DEFAULT.max_ranks,
-                              row_groups_per_rank=_DEFAULT.row_groups_per_rank)
-# row groups as the public datasets' configs write them (conf/ml-20m.yaml: 64 ranks × 4)
-MANY_GROUPS = replace(SPEED_PREPARE, max_ranks=64)
+                              row_groups_per_rank=_DEFAULT.row_groups_per_rank,
+                              min_rows_per_group=_DEFAULT.min_rows_per_group)
+# the same users in tiny row groups: 64 ranks × 4 with no minimum size (~19 users per group at ML-1M size)
+TINY_GROUPS = replace(SPEED_PREPARE, max_ranks=64, min_rows_per_group=1)
 # the ML-20M hyper-parameters of the original (conf/ml-20m.yaml): batch 500, union per 500 users, h=200
 SPEED_TRAIN = ["train.batch_size=500", "train.num_sampling_users=500", "model.hidden_sizes=[200]",
                "train.milestones=[1000]", "train.eval_every=1000", "mlflow.enabled=false"]
@@ -168,9 +169,7 @@ class Datasets:
     def movielens_100k(self) -> Path:
         from pipeline.datasets import movielens_100k
         source = movielens_100k()
-        # conf/ml-100k.yaml as is, but 8 row groups instead of 256 (~3 users each): the runs here are
-        # one process, and Petastorm's per-row-group cost would otherwise dominate each epoch
-        prepare = replace(load_config(ROOT / "conf" / "ml-100k.yaml").prepare, max_ranks=2, row_groups_per_rank=4)
+        prepare = load_config(ROOT / "conf" / "ml-100k.yaml").prepare
         out = self.root / "ml-100k"
         settings = {"source": str(source), "prepare": asdict(prepare)}
         if self._wanted(out, settings):
@@ -182,11 +181,6 @@ class Datasets:
         if self.spark is not None:
             self.spark.stop()
             self.spark = None
-
-
-def groups(prepare: PrepareConfig) -> int:
-    """Train row groups the prepare job writes with these settings."""
-    return prepare.max_ranks * prepare.row_groups_per_rank
 
 
 def manifest(data: Path) -> dict:
@@ -518,7 +512,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequence[str] = (),
-                  scaling: bool = True, many_groups: Optional[Path] = None,
+                  scaling: bool = True, tiny_groups: Optional[Path] = None,
                   baselines: bool = False) -> list[str]:
     m = manifest(data)
     base = [*SPEED_TRAIN, f"train.epochs={epochs}", *extra]
@@ -600,7 +594,7 @@ def speed_section(data: Path, epochs: int, work: Path, name: str, extra: Sequenc
                  f"{step_rate} users/s):")
     lines.append("")
     feed_rows = []
-    for label, dataset in [("this data", data), ("the same users", many_groups)]:
+    for label, dataset in [("this data", data), ("the same users", tiny_groups)]:
         if dataset is None:
             continue
         rates = feed_rates(dataset)
@@ -732,11 +726,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.perf_counter()
     datasets = Datasets(Path(args.data_dir), args.fresh)
     print("data:", flush=True)
-    ml1m = datasets.synthetic(f"ml1m-synthetic-{groups(SPEED_PREPARE)}groups", ML1M, SPEED_PREPARE)
-    ml1m_many = datasets.synthetic(f"ml1m-synthetic-{groups(MANY_GROUPS)}groups", ML1M, MANY_GROUPS)
+    ml1m = datasets.synthetic("ml1m-synthetic", ML1M, SPEED_PREPARE)
+    ml1m_tiny = datasets.synthetic("ml1m-synthetic-tiny-groups", ML1M, TINY_GROUPS)
     ml100k = None if args.skip_quality else datasets.movielens_100k()
-    ml20m = (datasets.synthetic(f"ml20m-synthetic-{groups(SPEED_PREPARE)}groups", ML20M, SPEED_PREPARE)
-             if args.ml20m else None)
+    ml20m = datasets.synthetic("ml20m-synthetic", ML20M, SPEED_PREPARE) if args.ml20m else None
     datasets.close()
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -745,7 +738,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{__import__('torch').__version__})", ""]
     try:
         report += speed_section(ml1m, args.epochs, work, "ML-1M-sized synthetic", scaling=not args.skip_scaling,
-                                many_groups=ml1m_many, baselines=args.baselines)
+                                tiny_groups=ml1m_tiny, baselines=args.baselines)
         if ml20m is not None:
             report += [""] + speed_section(ml20m, 1, work, "ML-20M-sized synthetic", scaling=False,
                                            baselines=args.baselines)

@@ -167,7 +167,7 @@ def _write_split(frame: DataFrame, directory: Path, num_rows: int, config: Prepa
     ``max_ranks`` ranks. Held-out splits are read whole by pyarrow and sharded by row.
     """
     ranks, per_rank = ((config.max_ranks, config.row_groups_per_rank) if directory.name == "train" else (1, 1))
-    groups = transform.num_row_groups(num_rows, ranks, per_rank, config.max_rows_per_group)
+    groups = transform.num_row_groups(num_rows, ranks, per_rank, config.min_rows_per_group, config.max_rows_per_group)
     # Materialised first: range partitioning samples its input in a job of its own, which would
     # otherwise compute the per-user lists twice.
     (frame.localCheckpoint().repartitionByRange(groups, "user_idx").sortWithinPartitions("user_idx")

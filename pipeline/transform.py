@@ -148,11 +148,14 @@ def fold_in_rows(indexed: DataFrame, heldout_fraction: float, seed: int) -> Data
         heldout.getField("v").cast("array<float>").alias("heldout_values"))
 
 
-def num_row_groups(num_rows: int, max_ranks: int, groups_per_rank: int, max_rows_per_group: int) -> int:
-    """Row groups for a split: enough that ``max_ranks`` ranks each get ``groups_per_rank``
-    (Petastorm shards by row group), more if groups would exceed ``max_rows_per_group``,
-    never more than there are rows."""
-    wanted = max(max_ranks * groups_per_rank, math.ceil(num_rows / max_rows_per_group))
+def num_row_groups(num_rows: int, max_ranks: int, groups_per_rank: int, min_rows_per_group: int,
+                   max_rows_per_group: int) -> int:
+    """Row groups for a split: ``max_ranks`` × k (Petastorm shards by row group; equal shares keep
+    the ranks balanced), with k up to ``groups_per_rank`` while groups keep at least
+    ``min_rows_per_group`` rows (Petastorm pays per group, so tiny groups slow the feed) and at
+    least 1; more if groups would exceed ``max_rows_per_group``; never more than there are rows."""
+    per_rank = max(1, min(groups_per_rank, num_rows // (max_ranks * min_rows_per_group)))
+    wanted = max(max_ranks * per_rank, math.ceil(num_rows / max_rows_per_group))
     return max(1, min(num_rows, wanted))
 
 

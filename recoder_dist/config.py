@@ -51,8 +51,9 @@ class PrepareConfig:
     validation_users: float = 0.1  # < 1: fraction of users; >= 1: a count
     test_users: float = 0.1
     heldout_fraction: float = 0.2
-    max_ranks: int = 64  # row groups sized so that this many ranks each get several
+    max_ranks: int = 64  # train row groups: max_ranks × (1 to row_groups_per_rank) ...
     row_groups_per_rank: int = 4
+    min_rows_per_group: int = 500  # ... fewer per rank while groups would be smaller than this
     max_rows_per_group: int = 10000
     seed: int = 98765
 
@@ -230,6 +231,8 @@ def validate(config: Config) -> None:
         (p.validation_users >= 0 and p.test_users >= 0, "prepare.validation_users/test_users must be >= 0"),
         (p.min_user_interactions >= 1 and p.min_item_interactions >= 1, "minimum counts must be >= 1"),
         (p.max_ranks >= 1 and p.row_groups_per_rank >= 1, "prepare.max_ranks and row_groups_per_rank must be >= 1"),
+        (1 <= p.min_rows_per_group <= p.max_rows_per_group,
+         "prepare.min_rows_per_group must be >= 1 and <= prepare.max_rows_per_group"),
         (t.loss in {"multinomial", "mse", "logistic"}, "train.loss must be multinomial, mse or logistic"),
         (t.grad_exchange in {"dense", "sparse", "sync_union"}, "train.grad_exchange must be dense, sparse or sync_union"),
         (t.dtype in {"float32", "bfloat16"}, "train.dtype must be float32 or bfloat16"),

@@ -30,7 +30,7 @@ SYNTHETIC = dict(num_users=1500, num_items=400, mean_interactions=30, num_factor
 # 16 train row groups: 8 per rank at np 2, so Petastorm's shards are balanced to a group.
 PREPARE = dict(rating_threshold=3.5, binarize=True, duplicates="max", min_user_interactions=5,
                validation_users=0.1, test_users=0.1, heldout_fraction=0.2, max_ranks=4,
-               row_groups_per_rank=4, max_rows_per_group=1000, seed=11)
+               row_groups_per_rank=4, min_rows_per_group=1, max_rows_per_group=1000, seed=11)
 # Small and quick; train.batch_size is per rank, so a run on R ranks passes GLOBAL_BATCH // R.
 TRAIN = ["model.hidden_sizes=[64]", "train.epochs=5", "train.lr=0.01", "train.milestones=[100]",
          "train.num_sampling_users=0", "train.eval_batch_size=500", "train.reader_workers=1",

@@ -136,5 +136,6 @@ def assert_prepared(out: Path) -> dict:
                   for s in ("train", "validation", "test")}
     assert manifest["row_groups"] == row_groups
     assert row_groups["train"] == num_row_groups(manifest["num_users"]["train"], config["max_ranks"],
-                                                 config["row_groups_per_rank"], config["max_rows_per_group"])
+                                                 config["row_groups_per_rank"], config["min_rows_per_group"],
+                                                 config["max_rows_per_group"])
     return {"manifest": manifest, **tables}

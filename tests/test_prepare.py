@@ -18,7 +18,7 @@ from recoder_dist.config import PrepareConfig, SyntheticConfig
 # Small row-group targets keep the writes quick and still give several groups per split.
 SMALL = PrepareConfig(rating_threshold=3.5, binarize=False, duplicates="max", min_user_interactions=2,
                       validation_users=1, test_users=1, max_ranks=2, row_groups_per_rank=1,
-                      max_rows_per_group=1, seed=5)
+                      min_rows_per_group=1, max_rows_per_group=1, seed=5)
 
 # Six users with four items each (rating 5) over five items, every item liked by at least four
 # users: whichever two users are held out, all their items stay seen in train.
@@ -49,7 +49,7 @@ def synthetic(spark, tmp_path_factory):
     source = write(frame, folder / "synthetic.csv")
     config = PrepareConfig(rating_threshold=3.5, binarize=True, duplicates="max", min_user_interactions=5,
                            validation_users=30, test_users=30, max_ranks=4, row_groups_per_rank=2,
-                           max_rows_per_group=20)
+                           min_rows_per_group=1, max_rows_per_group=20)
     manifest = prepare(spark, str(source), str(folder / "out"), "auto", config)
     return frame, folder / "out", manifest
 

@@ -212,12 +212,17 @@ def test_fold_in_rows_keeps_a_fold_in_item(spark):
 # --- num_row_groups -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, expected", [
-    ((1000, 4, 2, 100), 10),        # more groups than ranks * groups_per_rank, to cap the size
-    ((1000, 4, 2, 1000), 8),        # enough for 4 ranks x 2 groups
-    ((5, 64, 4, 10000), 5),         # never more groups than rows
-    ((0, 64, 4, 10000), 1),
-    ((138_000, 64, 4, 10000), 256),
-    ((3_000_000, 64, 4, 10000), 300),
+    ((1000, 4, 2, 1, 100), 10),         # more groups than ranks * groups_per_rank, to cap the size
+    ((1000, 4, 2, 1, 1000), 8),         # enough for 4 ranks x 2 groups
+    ((1000, 4, 2, 200, 1000), 4),       # 2 per rank would make groups of 125 < 200: 1 per rank
+    ((1000, 4, 8, 100, 1000), 8),       # up to 2 per rank keeps groups >= 100
+    ((100, 4, 2, 500, 1000), 4),        # still one group per rank however small
+    ((4_832, 8, 4, 500, 10000), 8),     # ML-1M-sized train with conf/default.yaml: 8 groups of 604
+    ((5, 64, 4, 1, 10000), 5),          # never more groups than rows
+    ((0, 64, 4, 500, 10000), 1),
+    ((138_000, 64, 4, 500, 10000), 256),
+    ((110_789, 64, 4, 500, 10000), 192),  # ML-20M-sized train: 3 per rank, groups of 577
+    ((3_000_000, 64, 4, 500, 10000), 300),
 ])
 def test_num_row_groups(args, expected):
     assert transform.num_row_groups(*args) == expected
