@@ -34,7 +34,7 @@ SIZES = {  # name -> synthetic users, items, mean interactions per user
 }
 FORMATS = ("csv", "parquet")
 # conf/default.yaml's rules, with train row groups sized as the public datasets' configs do
-# (conf/ml-20m.yaml: 64 ranks x 4), not for the small local default.
+# (conf/ml-20m.yaml: 64 ranks x up to 4, groups of >= 500 users), not for the small local default.
 PREPARE_OVERRIDES = ("prepare.max_ranks=64", "prepare.row_groups_per_rank=4")
 DEFAULT_CACHE = Path("~/.cache/recoder-dist/benchmarks").expanduser()
 
