@@ -1,4 +1,5 @@
-"""python benchmarks/train.py [--epochs 4] [--quality-epochs 60] [--ml20m] [--baselines] [--skip-quality]
+"""python benchmarks/train.py [--epochs 4] [--quality-epochs 60] [--ml20m] [--baselines] [--skip-scaling]
+    [--skip-quality] [--data-dir DIR] [--fresh]
 
 The trainer side by side, every figure a ratio against a baseline measured in the same run:
 

@@ -33,4 +33,5 @@ def reuse_freed_memory() -> bool:
     if mallopt is None:
         log.debug("no mallopt in the C library: freed memory goes back to the OS as usual")
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
+    applied = [bool(mallopt(option, _THRESHOLD)) for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)]
+    return all(applied)

@@ -2,12 +2,14 @@
 
 Petastorm's ``make_batch_reader`` refuses ragged list columns, so a module-level transform
 packs each row group's users into one CSR record of raw bytes (user ids, list lengths, items,
-values) and :func:`_unpack` decodes it with ``np.frombuffer``: no per-user Python work after
-Petastorm's own pandas conversion. Petastorm shards by row group (``cur_shard``/``shard_count``)
-and permutes this rank's row groups once per reader (seeded), then repeats that order on every
-pass. The trainer keeps one reader for the whole run (a reader per epoch made epochs ~1.5×
-slower: start, shutdown and a refilled buffer each time), so the per-epoch mixing comes from
-the shuffle buffer, which reshuffles users across row groups and across pass boundaries.
+values) and :func:`_unpack` decodes it with ``np.frombuffer``: Petastorm then converts one
+record per row group instead of one per user. Petastorm shards by row group
+(``cur_shard``/``shard_count``) and permutes this rank's row groups once per reader (seeded),
+then repeats that order on every pass. The trainer keeps one reader for the whole run (a reader
+per epoch made epochs ~1.5× slower: start, shutdown and a refilled buffer each time), so what
+changes from epoch to epoch is the shuffle buffer's mixing: users of the row groups that share
+the buffer (a few groups of the default's size; within one group when groups are larger than
+the buffer), across pass boundaries too.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import TYPE_CHECKING, Iterator, TypeVar
 
 import numpy as np
 import pyarrow.compute as pc
@@ -24,24 +26,27 @@ import pyarrow.parquet as pq
 
 from recoder_dist.sampling import UserRows
 
+if TYPE_CHECKING:
+    import pandas
+
 T = TypeVar("T")
 # petastorm 0.13 still uses pyarrow's legacy dataset API; its deprecation warnings are noise here
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 TRAIN_FIELDS = ("user_idx", "items", "values")
 
 
-def pack_row_group(frame):
+def pack_row_group(frame: "pandas.DataFrame") -> "pandas.DataFrame":
     """Petastorm transform: a row group's users as one record of raw bytes (module level for
     process pools): ``user_idx`` int64, ``lengths`` int64, ``items`` int32, ``values`` float32."""
     import numpy  # the process pool pickles this function by reference
     import pandas
     items, values = frame["items"].to_numpy(), frame["values"].to_numpy()
     lengths = numpy.fromiter(map(len, items), dtype=numpy.int64, count=len(items))
-    return pandas.DataFrame({
-        "user_idx": [frame["user_idx"].to_numpy(numpy.int64).tobytes()],
-        "lengths": [lengths.tobytes()],
-        "items": [numpy.concatenate([numpy.zeros(0, numpy.int32), *items]).astype(numpy.int32).tobytes()],
-        "values": [numpy.concatenate([numpy.zeros(0, numpy.float32), *values]).astype(numpy.float32).tobytes()]})
+    flat_items = numpy.concatenate([numpy.zeros(0, numpy.int32), *items]).astype(numpy.int32, copy=False)
+    flat_values = numpy.concatenate([numpy.zeros(0, numpy.float32), *values]).astype(numpy.float32, copy=False)
+    return pandas.DataFrame({"user_idx": [frame["user_idx"].to_numpy(numpy.int64).tobytes()],
+                             "lengths": [lengths.tobytes()], "items": [flat_items.tobytes()],
+                             "values": [flat_values.tobytes()]})
 
 
 PACKED_FIELDS = [(name, np.bytes_, (), False) for name in ("user_idx", "lengths", "items", "values")]

@@ -5,6 +5,7 @@ reports to the tracker.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -24,7 +25,7 @@ from recoder_dist.config import Config
 from recoder_dist.distributed import Workers
 from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
 from recoder_dist.feed import prefetch, read_heldout, train_rows
-from recoder_dist.losses import get_loss
+from recoder_dist.losses import LossFn, get_loss
 from recoder_dist.models import RecoderAutoencoder
 from recoder_dist.sampling import Batch, make_batches, retarget
 
@@ -76,8 +77,9 @@ def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, nu
     rows = train_rows(data_dir, workers.rank, workers.size, seed=t.seed * 1000 + first_epoch, chunk_users=chunk,
                       shuffle_buffer_users=min(max(4 * chunk, 2048), shard), pool=t.reader_pool,
                       workers=t.reader_workers)
-    for part in rows:
-        yield from make_batches(part, t.batch_size, chunk, num_items, t.num_neg_samples, t.full, rng)
+    with contextlib.closing(rows):  # an error in sampling must stop the reader too
+        for part in rows:
+            yield from make_batches(part, t.batch_size, chunk, num_items, t.num_neg_samples, t.full, rng)
 
 
 def _identity(config: Config, manifest: dict) -> dict[str, Any]:
@@ -105,7 +107,7 @@ class Step:
 
     model: RecoderAutoencoder
     optimizer: torch.optim.Optimizer
-    loss_fn: Callable
+    loss_fn: LossFn
     item_names: set[str]
     config: Config
     workers: Workers
@@ -173,9 +175,15 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
         raise DatasetError(f"{data_dir}: train has {manifest['row_groups']['train']} row groups, fewer than the "
                            f"{workers.size} ranks (Petastorm shards by row group); prepare it with a larger "
                            f"prepare.max_ranks")
+    groups = manifest["row_groups"]["train"]
+    if groups % workers.size and workers.is_root:
+        log.warning("train has %d row groups for %d ranks: Petastorm deals them out by index, so some ranks "
+                    "hold one group more and see their users more often per epoch; prepare with "
+                    "prepare.max_ranks a multiple of the ranks for equal shares", groups, workers.size)
     torch.manual_seed(t.seed)
     torch.set_num_threads(t.threads or workers.default_threads())
-    reuse_freed_memory()
+    if not reuse_freed_memory() and workers.is_root:
+        log.info("could not raise malloc's thresholds (not glibc?): step buffers are mapped afresh each step")
     device = workers.device()
     model = build_model(num_items, config).to(device)
     fused = {"fused": True} if device.type in {"cpu", "cuda"} else {}
