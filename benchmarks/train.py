@@ -303,15 +303,15 @@ def feed_rates(data: Path, passes: int = 3) -> dict[str, float]:
     importlib.import_module("petastorm")  # before the clock starts: a one-time cost per process
     from recoder_dist.distributed import Workers
     from recoder_dist.feed import train_rows
-    from recoder_dist.trainer import _batches
+    from recoder_dist.trainer import _batches, shuffle_buffer_users
     m = manifest(data)
     n_train = m["num_users"]["train"]
     config = load_config(None, SPEED_TRAIN)
 
-    def rate(stream) -> float:
+    def rate(stream, users_of) -> float:
         users, started = 0, time.perf_counter()
         for part in stream:
-            users += len(part) if hasattr(part, "user_idx") else part.num_users
+            users += users_of(part)
             if users >= passes * n_train:
                 break
         stream.close()
@@ -319,8 +319,9 @@ def feed_rates(data: Path, passes: int = 3) -> dict[str, float]:
 
     chunk = config.train.num_sampling_users
     return {"petastorm": rate(train_rows(data, 0, 1, seed=1, chunk_users=chunk,
-                                         shuffle_buffer_users=min(max(4 * chunk, 2048), n_train))),
-            "sampled": rate(_batches(str(data), config, Workers(0, 1, 0, 1), m["num_items"], n_train, 1))}
+                                         shuffle_buffer_users=shuffle_buffer_users(chunk, n_train)), len),
+            "sampled": rate(_batches(str(data), config, Workers(0, 1, 0, 1), m["num_items"], n_train, 1),
+                            lambda batch: batch.num_users)}
 
 
 # --- quality baselines -----------------------------------------------------------------------

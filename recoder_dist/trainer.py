@@ -63,6 +63,13 @@ def steps_per_epoch(num_train_users: int, batch_size: int, ranks: int) -> int:
     return max(1, math.ceil(num_train_users / (batch_size * ranks)))
 
 
+def shuffle_buffer_users(chunk: int, shard_users: int) -> int:
+    """Users the feed shuffles together: several chunks, but at most about one pass of this
+    rank's shard (a larger buffer reads several passes before the first batch and mixes them,
+    so an epoch would not see each user about once)."""
+    return min(max(4 * chunk, 2048), shard_users)
+
+
 def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, num_train_users: int,
              first_epoch: int) -> Iterator[Batch]:
     """This rank's endless stream of batches from ``first_epoch`` on, from one Petastorm reader for
@@ -71,11 +78,9 @@ def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, nu
     t = config.train
     chunk = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
     rng = np.random.default_rng([t.seed, first_epoch, workers.rank])
-    # at most about one pass of this rank's shard: a larger buffer reads several passes before
-    # the first batch and mixes them, so an epoch would not see each user about once
     shard = max(chunk, math.ceil(num_train_users / workers.size))
     rows = train_rows(data_dir, workers.rank, workers.size, seed=t.seed * 1000 + first_epoch, chunk_users=chunk,
-                      shuffle_buffer_users=min(max(4 * chunk, 2048), shard), pool=t.reader_pool,
+                      shuffle_buffer_users=shuffle_buffer_users(chunk, shard), pool=t.reader_pool,
                       workers=t.reader_workers)
     with contextlib.closing(rows):  # an error in sampling must stop the reader too
         for part in rows:
@@ -171,11 +176,10 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
     manifest = read_manifest(data_dir)
     num_items = int(manifest["num_items"])
     n_train = int(manifest["num_users"]["train"])
-    if manifest["row_groups"]["train"] < workers.size:
-        raise DatasetError(f"{data_dir}: train has {manifest['row_groups']['train']} row groups, fewer than the "
-                           f"{workers.size} ranks (Petastorm shards by row group); prepare it with a larger "
-                           f"prepare.max_ranks")
     groups = manifest["row_groups"]["train"]
+    if groups < workers.size:
+        raise DatasetError(f"{data_dir}: train has {groups} row groups, fewer than the {workers.size} ranks "
+                           f"(Petastorm shards by row group); prepare it with a larger prepare.max_ranks")
     if groups % workers.size and workers.is_root:
         log.warning("train has %d row groups for %d ranks: Petastorm deals them out by index, so some ranks "
                     "hold one group more and see their users more often per epoch; prepare with "
