@@ -185,9 +185,53 @@ class RecoderAutoencoder(nn.Module):
         """
         return self._encode(items, values, offsets, noisy=False)
 
+    def hidden(self, items: torch.Tensor, values: torch.Tensor,
+               offsets: torch.Tensor) -> torch.Tensor:
+        """The representation the output layer reads: the encoder, then the mirrored decoder
+        layers back to ``hidden_sizes[0]``; noise applied in training.
+
+        Parameters
+        ----------
+        items, values : torch.Tensor, shape (nnz,)
+            Item ids (int64) and values of the users' interactions.
+        offsets : torch.Tensor of int64, shape (B + 1,)
+            CSR offsets.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, hidden_sizes[0])
+        """
+        z = self._encode(items, values, offsets, noisy=self.training)
+        act = ACTIVATIONS[self.activation]
+        for i, layer in enumerate(reversed(self.encoder_layers)):
+            weight = layer.weight.t() if self.tied else self.decoder_weights[i]
+            z = act(F.linear(z, weight, self.decoder_biases[i]))
+        return z
+
+    def target_rows(self, target_items: Optional[torch.Tensor] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output layer's rows for the target items.
+
+        Parameters
+        ----------
+        target_items : torch.Tensor of int64, shape (T,), optional
+            Items to score; the whole catalogue when None.
+
+        Returns
+        -------
+        weight : torch.Tensor, shape (T, hidden_sizes[0])
+            Rows of ``D``.
+        bias : torch.Tensor, shape (T,)
+            Entries of ``b``.
+        """
+        if target_items is None:
+            return self.output_table, self.output_bias
+        return F.embedding(target_items, self.output_table), self.output_bias[target_items]
+
     def forward(self, items: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
                 target_items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits of each user for the target items.
+        """Logits of each user for the target items: :meth:`hidden` against
+        :meth:`target_rows`.
 
         Parameters
         ----------
@@ -202,15 +246,9 @@ class RecoderAutoencoder(nn.Module):
         -------
         torch.Tensor, shape (B, T) or (B, num_items)
         """
-        z = self._encode(items, values, offsets, noisy=self.training)
-        act = ACTIVATIONS[self.activation]
-        for i, layer in enumerate(reversed(self.encoder_layers)):
-            weight = layer.weight.t() if self.tied else self.decoder_weights[i]
-            z = act(F.linear(z, weight, self.decoder_biases[i]))
-        if target_items is None:
-            return torch.addmm(self.output_bias, z, self.output_table.t())
-        weight = F.embedding(target_items, self.output_table)
-        return torch.addmm(self.output_bias[target_items], z, weight.t())
+        z = self.hidden(items, values, offsets)
+        weight, bias = self.target_rows(target_items)
+        return torch.addmm(bias, z, weight.t())
 
     def item_vectors(self) -> torch.Tensor:
         """Item representations ``D`` (num_items × hidden_sizes[0]) for item-to-item

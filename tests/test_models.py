@@ -40,6 +40,25 @@ def test_target_decoder_equals_full_columns(inputs, hidden_sizes, tied):
     torch.testing.assert_close(restricted, full[:, targets])
 
 
+@pytest.mark.parametrize("hidden_sizes,tied", [((8,), False), ((8, 5), False), ((8, 5), True)])
+def test_forward_is_hidden_against_target_rows(inputs, hidden_sizes, tied):
+    torch.manual_seed(3)
+    model = RecoderAutoencoder(NUM_ITEMS, hidden_sizes, tied=tied).eval()
+    targets = torch.tensor([2, 4, 29])
+    with torch.no_grad():
+        model.output_bias.normal_()
+        z = model.hidden(*inputs)
+        weight, bias = model.target_rows(targets)
+        whole_weight, whole_bias = model.target_rows(None)
+        assert z.shape == (3, 8)
+        assert weight.shape == (3, 8) and bias.shape == (3,)
+        torch.testing.assert_close(weight, model.output_table[targets])
+        torch.testing.assert_close(bias, model.output_bias[targets])
+        assert whole_weight.shape == (NUM_ITEMS, 8) and whole_bias.shape == (NUM_ITEMS,)
+        torch.testing.assert_close(model(*inputs, targets), z @ weight.t() + bias)
+        torch.testing.assert_close(model(*inputs, None), z @ whole_weight.t() + whole_bias)
+
+
 @pytest.mark.parametrize("activation,fn", [("tanh", torch.tanh), ("relu", torch.relu),
                                            ("sigmoid", torch.sigmoid),
                                            ("identity", lambda x: x)])
