@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     stderr = start_job_logging()
     try:
         config = load_config(args.config, args.overrides)
-        from pipeline.prepare import prepare
+        from pipeline.output import check_output
+        from pipeline.prepare import KIND, prepare
+        check_output(Path(args.output).resolve(), KIND, args.overwrite, [args.input])  # before Spark starts
         from pipeline.spark import spark_session
         spark = spark_session("recoder-prepare", args.master or "local[*]")
         manifest = prepare(spark, args.input, args.output, args.format, config.prepare, args.overwrite)

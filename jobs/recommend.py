@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
         from pipeline import recommend
         from pipeline.output import check_output
-        check_output(Path(args.output).resolve(), args.overwrite, recommend.SUMMARY)  # before Spark starts
+        inputs = [args.data or args.histories]
+        check_output(Path(args.output).resolve(), recommend.KIND, args.overwrite, inputs)  # before Spark starts
         model_path = download_model(args.model, tracking_uri)
         from pipeline.sources import resolve_layout
         from pipeline.spark import spark_session
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                 config.prepare))
         summary = recommend.recommend(spark, model_path, histories, args.k, args.output, args.overwrite,
                                       extra={"model": args.model, "rejected_rows": rejected,
-                                             "input": args.data or args.histories})
+                                             "input": args.data or args.histories}, inputs=inputs)
     except (ConfigError, InputError, DatasetError, FileExistsError, LookupError, ValueError) as error:
         print(f"recommend: error: {error}", file=stderr)
         return 2

@@ -25,11 +25,12 @@ from pyspark.sql import functions as F
 
 from pipeline import transform
 from pipeline.output import check_output, staged
-from pipeline.manifest import MANIFEST, SCHEMA_VERSION, fingerprint, write_manifest
+from pipeline.manifest import SCHEMA_VERSION, fingerprint, write_manifest
 from pipeline.sources import InputError, read_interactions, resolve_layout
 from recoder_dist.config import PrepareConfig
 
 log = logging.getLogger("recoder.prepare")
+KIND = "prepared-dataset"  # what the output marker says this job wrote (pipeline.output)
 ROW_GROUP_BYTES = 1 << 30  # one row group per written file; files are sized by row count
 
 
@@ -38,12 +39,12 @@ def prepare(spark: SparkSession, input_path: str, output: str, fmt: str,
     """Run the whole job and return the manifest it wrote."""
     started = time.perf_counter()
     out = Path(output).resolve()
-    check_output(out, overwrite, MANIFEST)
+    check_output(out, KIND, overwrite, inputs=[input_path])
     layout = resolve_layout(input_path, fmt, config)
     log.info("reading %d %s file(s) from %s (columns user=%s item=%s value=%s timestamp=%s)",
              len(layout.paths), layout.fmt, input_path, layout.user_col, layout.item_col,
              layout.value_col, layout.timestamp_col)
-    with staged(out) as tmp:
+    with staged(out, KIND, overwrite, inputs=[input_path, *layout.paths]) as tmp:
         manifest = _build(spark, layout, tmp, config)
         manifest["source"].update(path=str(Path(input_path).resolve()), format=layout.source_format,
                                   fingerprint=fingerprint(layout.paths))

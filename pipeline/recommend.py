@@ -9,7 +9,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -22,6 +22,7 @@ from pipeline.sources import Layout, read_interactions
 log = logging.getLogger("recoder.recommend")
 OUTPUT_SCHEMA = "user_id string, recommended array<string>, scores array<double>, unknown_items long"
 SUMMARY = "summary.json"
+KIND = "recommendations"  # what the output marker says this job wrote (pipeline.output)
 
 
 def split_histories(spark: SparkSession, data_dir: str, split: str) -> DataFrame:
@@ -52,11 +53,12 @@ def raw_histories(spark: SparkSession, layout: Layout) -> tuple[DataFrame, dict[
 
 
 def recommend(spark: SparkSession, model_path: str, histories: DataFrame, k: int, output: str,
-              overwrite: bool = False, extra: dict | None = None) -> dict:
+              overwrite: bool = False, extra: dict | None = None, inputs: Sequence[str] = ()) -> dict:
     """Score every user of ``histories`` with the pyfunc model at ``model_path`` (a local copy);
-    write ``user_id, recommended, scores, unknown_items`` as Parquet, atomically."""
+    write ``user_id, recommended, scores, unknown_items`` as Parquet, atomically. ``inputs``
+    (the data read) may not lie inside the output."""
     out = Path(output).resolve()
-    check_output(out, overwrite, SUMMARY)
+    check_output(out, KIND, overwrite, inputs)
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import mlflow.pyfunc
@@ -65,7 +67,7 @@ def recommend(spark: SparkSession, model_path: str, histories: DataFrame, k: int
             result = model.predict(batch[["items"]], params={"k": k})
             yield pd.concat([batch[["user_id"]].reset_index(drop=True), result.reset_index(drop=True)], axis=1)
 
-    with staged(out) as tmp:
+    with staged(out, KIND, overwrite, inputs) as tmp:
         scored = histories.mapInPandas(score, OUTPUT_SCHEMA)
         scored.write.parquet(f"file://{tmp}/recommendations")
         written = spark.read.parquet(f"file://{tmp}/recommendations")

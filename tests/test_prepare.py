@@ -1,6 +1,9 @@
 """prepare() on small files through the shared SparkSession: contract, accounting, bad inputs."""
+import json
 import re
 import shutil
+import socket
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 from conftest import assert_prepared, write_lines
 
 from pipeline.manifest import MANIFEST, read_manifest
+from pipeline.output import MARKER
 from pipeline.prepare import prepare
 from pipeline.sources import InputError
 from pipeline.synthetic import generate, write
@@ -233,8 +237,12 @@ def test_existing_output_needs_overwrite(spark, handmade, synthetic, tmp_path):
         prepare(spark, str(source), str(out), "auto", SMALL)
     assert read_manifest(out) == before
 
-    stale = tmp_path / ".out.tmp-0badf00d"  # left by a killed job
+    stale = tmp_path / ".out.stage-here-1-0badf00d"  # left by a killed job (a dead PID on this host)
     write_lines(stale / "train" / "part-0.parquet", ["junk"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (stale / MARKER).write_text(json.dumps({"project": "recoder-dist", "kind": "prepared-dataset",
+                                            "state": "staging", "host": socket.gethostname(), "pid": dead.pid}))
     manifest = prepare(spark, str(source), str(out), "auto", SMALL, overwrite=True)
     assert not stale.exists()
     assert read_manifest(out) == manifest and manifest["interactions"]["input"] == 29
@@ -249,12 +257,29 @@ def test_output_that_is_not_a_dataset_is_never_replaced(spark, handmade, tmp_pat
     for overwrite in (False, True):
         with pytest.raises(FileExistsError, match="exists"):
             prepare(spark, str(source), str(precious), "auto", SMALL, overwrite=overwrite)
-    with pytest.raises(FileExistsError, match="was not written by this job .no manifest.json.; refusing to replace it even with --overwrite"):
+    with pytest.raises(FileExistsError, match="was not written by recoder-dist .no .recoder-output.json.; refusing to "
+                                              "replace it even with --overwrite"):
         prepare(spark, str(source), str(precious), "auto", SMALL, overwrite=True)
-    with pytest.raises(FileExistsError, match="was not written by this job"):
+    with pytest.raises(FileExistsError, match="was not written by recoder-dist"):
         prepare(spark, str(source), str(precious / "thesis.tex"), "auto", SMALL, overwrite=True)
+    (precious / "manifest.json").write_text("{}")  # a file name anyone can have is no proof
+    with pytest.raises(FileExistsError, match="was not written by recoder-dist"):
+        prepare(spark, str(source), str(precious), "auto", SMALL, overwrite=True)
     assert (precious / "thesis.tex").read_text() == "do not delete\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
+def test_overwrite_never_deletes_the_input(spark, handmade, tmp_path):
+    """``--input D --output D`` (or D/raw.csv) where D is an earlier dataset holding the raw CSV."""
+    source, done, _ = handmade
+    data = tmp_path / "data"
+    shutil.copytree(done, data)
+    raw = shutil.copy(source, data / "ratings.csv")
+    for given in (data, raw):
+        with pytest.raises(FileExistsError, match=f"output {data} holds the input .*refusing to replace it"):
+            prepare(spark, str(given), str(data), "csv", SMALL, overwrite=True)
+    assert Path(raw).read_bytes() == source.read_bytes() and read_manifest(data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_failed_run_keeps_the_previous_dataset(spark, handmade, tmp_path):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, assert_prepared, write_lines
 
+from _faults import Job
 from pipeline.datasets import DownloadError, movielens_100k
 
 SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
@@ -140,6 +141,31 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_second_prepare_on_the_same_output_refuses_and_the_first_completes(tmp_path):
+    """Two real jobs: the first is stopped inside its stage (after writing items/), the second
+    (with --overwrite) must refuse without touching that stage; the first then completes."""
+    raw = tmp_path / "default.csv"
+    assert run(sys.executable, "jobs/generate.py", "--output", raw, "synthetic.num_users=600",
+               "synthetic.num_items=200").returncode == 0
+    out = tmp_path / "out"
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable}
+    command = [SPARK_SUBMIT, "--properties-file", "conf/spark-defaults.conf", "--conf", "spark.ui.enabled=false",
+               "jobs/prepare.py", "--input", raw, "--output", out, "prepare.max_ranks=2"]
+    with Job(command, tmp_path / "first.log", cwd=ROOT, env=env) as first:
+        first.wait_for(tmp_path / ".out.*-*" / "items", timeout=240)  # any stage name, old or new
+        first.pause()
+        staged_files = sorted(p.relative_to(tmp_path) for p in tmp_path.glob(".out.*-*/**/*"))
+        second = submit("--input", raw, "--output", out, "--overwrite", "prepare.max_ranks=2")
+        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+        assert f"prepare: error: another job (PID " in second.stderr and f"is writing {out}" in second.stderr
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.glob(".out.*-*/**/*")) == staged_files
+        first.resume()
+        assert first.finish(240) == 0, first.output()[-3000:]
+    assert_prepared(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default.csv", "first.log", "out"]
+
+
 # --- the CLI's error paths in-process (jobs/prepare.py main reuses the test session) ---------
 
 def prepare_main(argv):
@@ -167,7 +193,7 @@ def test_cli_input_errors(spark, tmp_path, capsys):
     source = write_lines(tmp_path / "in.csv", ["user_id,item_id,rating,timestamp", "1,2,5,3"])
     cases = [(["--input", tmp_path / "absent.csv", "--output", tmp_path / "o"], "absent.csv does not exist"),
              (["--input", source, "--output", existing], "already exists; pass --overwrite"),
-             (["--input", source, "--output", existing, "--overwrite"], "was not written by this job (no manifest.json)"),
+             (["--input", source, "--output", existing, "--overwrite"], "was not written by recoder-dist (no .recoder-output.json)"),
              (["--input", tmp_path / "taken", "--output", tmp_path / "o"], "cannot tell the format")]
     for argv, message in cases:
         assert prepare_main(argv) == 2
