@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     stderr = start_job_logging()
     try:
         config = load_config(args.config, args.overrides)
+        if args.k < 1:
+            raise ValueError(f"--k must be >= 1 (recommendations per user), got {args.k}")
         tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
         from pipeline import recommend
         from pipeline.output import check_output

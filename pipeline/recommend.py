@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pipeline.manifest import read_manifest
 from pipeline.output import check_output, staged
 from pipeline.sources import Layout, read_interactions
+from pipeline.transform import SPLITS
 
 log = logging.getLogger("recoder.recommend")
 OUTPUT_SCHEMA = "user_id string, recommended array<string>, scores array<double>, unknown_items long"
@@ -29,7 +30,7 @@ def split_histories(spark: SparkSession, data_dir: str, split: str) -> DataFrame
     """``user_id, items`` (original ids) of a prepared split; held-out splits give their fold-in items."""
     read_manifest(data_dir)
     root = Path(data_dir).resolve()
-    if not (root / split).is_dir():
+    if split not in SPLITS or not (root / split).is_dir():
         raise ValueError(f"{data_dir} has no split {split!r}; choose train, validation or test")
     rows = spark.read.parquet(f"file://{root / split}").select("user_idx", F.posexplode("items").alias("pos", "item_idx"))
     users = spark.read.parquet(f"file://{root / 'users'}").select("user_idx", "user_id")

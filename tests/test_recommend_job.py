@@ -18,6 +18,7 @@ import pytest
 from conftest import ROOT, write_lines
 
 from _data import original_histories, registered_model
+from _faults import Job
 
 SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
 
@@ -120,6 +121,41 @@ def test_histories_csv_with_unknown_ids_overwrites_an_earlier_output(model, pyfu
     assert printed["model"] == f"models:/{model.name}/1"
     popular = pyfunc.predict(pd.DataFrame({"items": [[]]}), params={"k": 5})["recommended"][0]
     assert list(written.set_index("user_id").at["u3", "recommended"]) == list(popular)
+
+
+def test_a_second_run_on_the_same_output_refuses_and_the_first_completes(model, tmp_path):
+    """Two real jobs: the first is stopped while writing, the second (--overwrite) must refuse."""
+    out = tmp_path / "recs"
+    args = ["--model", f"models:/{model.name}@champion", "--data", model.data_dir, "--k", "5", "--output", out]
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [SPARK_SUBMIT, "--properties-file", "conf/spark-defaults.conf", "--conf", "spark.ui.enabled=false",
+               "jobs/recommend.py", "--tracking-uri", model.tracking_uri, *args]
+    with Job(command, tmp_path / "first.log", cwd=ROOT, env=env) as first:
+        first.wait_for(tmp_path / ".recs.*-*" / "recommendations", timeout=240)
+        first.pause()
+        second = submit(model, *args, "--overwrite")
+        assert second.returncode == 2, messages(second)[-3000:]
+        assert f"recommend: error: another job (PID " in messages(second) and f"is writing {out}" in messages(second)
+        first.resume()
+        assert first.finish(240) == 0, first.output()[-3000:]
+    assert len(pd.read_parquet(out / "recommendations")) == len(original_histories(model.data_dir, "test"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.log", "recs"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split", "users"], "has no split 'users'; choose train, validation or test"),
+    (["--k", "0"], "--k must be >= 1 (recommendations per user), got 0"),
+    (["--k", "-1"], "--k must be >= 1"),
+])
+def test_bad_arguments_exit_2_with_a_message(model, tmp_path, args, message):
+    result = submit(model, "--model", f"models:/{model.name}@champion", "--data", model.data_dir,
+                    "--output", tmp_path / "out", *args)
+    assert result.returncode == 2, messages(result)[-3000:]
+    assert f"recommend: error: " in messages(result) and message in messages(result)
+    assert "Traceback" not in messages(result) and "AnalysisException" not in messages(result)
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_model_alias_exits_2_naming_the_aliases(model, tmp_path):
