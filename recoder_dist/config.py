@@ -75,6 +75,7 @@ class TrainConfig:
 
     loss: str = "multinomial"  # multinomial | mse | logistic
     confidence: float = 3.0  # weighted MSE: w = 1 + confidence * [x > 0]
+    mse_form: str = "gramian"  # mse only: gramian (no logits, O((B + |T|)·h²)) | dense (B × |T| logits)
     batch_size: int = 500
     num_sampling_users: int = 0  # users whose item union is the target set; <= 0: batch_size
     num_neg_samples: int = 0  # extra uniform negatives added to the union
@@ -234,6 +235,7 @@ def validate(config: Config) -> None:
         (1 <= p.min_rows_per_group <= p.max_rows_per_group,
          "prepare.min_rows_per_group must be >= 1 and <= prepare.max_rows_per_group"),
         (t.loss in {"multinomial", "mse", "logistic"}, "train.loss must be multinomial, mse or logistic"),
+        (t.mse_form in {"gramian", "dense"}, "train.mse_form must be gramian or dense"),
         (t.grad_exchange in {"dense", "sparse", "sync_union"}, "train.grad_exchange must be dense, sparse or sync_union"),
         (t.dtype in {"float32", "bfloat16"}, "train.dtype must be float32 or bfloat16"),
         (t.batch_size >= 1 and t.epochs >= 1, "train.batch_size and train.epochs must be >= 1"),

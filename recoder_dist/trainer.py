@@ -21,11 +21,11 @@ from tqdm import tqdm
 from pipeline.manifest import DatasetError, read_manifest
 from recoder_dist import checkpoint
 from recoder_dist.allocator import reuse_freed_memory
-from recoder_dist.config import Config
+from recoder_dist.config import Config, TrainConfig
 from recoder_dist.distributed import Workers
 from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
 from recoder_dist.feed import prefetch, read_heldout, train_rows
-from recoder_dist.losses import LossFn, get_loss
+from recoder_dist.losses import HiddenLossFn, LossFn, get_hidden_loss, get_loss
 from recoder_dist.models import RecoderAutoencoder
 from recoder_dist.sampling import Batch, make_batches, retarget
 
@@ -118,6 +118,7 @@ class Step:
     workers: Workers
     autocast: torch.autocast
     device: torch.device
+    hidden_loss_fn: Optional[HiddenLossFn] = None  # set: the loss reads model.hidden + target_rows, no logits
 
     def __call__(self, batch: Batch) -> tuple[float, int]:
         """One forward/backward/exchange/update on ``batch``; returns its loss and target-set size."""
@@ -127,13 +128,26 @@ class Step:
             batch = retarget(batch, self.workers.global_union(batch.target_items))
         self.optimizer.zero_grad()
         with self.autocast:
-            logits = self.model(batch.items, batch.values, batch.offsets, batch.target_items)
-        loss = self.loss_fn(logits, batch.rows, batch.target_cols, batch.values)
+            if self.hidden_loss_fn is None:
+                logits = self.model(batch.items, batch.values, batch.offsets, batch.target_items)
+            else:
+                z = self.model.hidden(batch.items, batch.values, batch.offsets)
+                weight, bias = self.model.target_rows(batch.target_items)
+        if self.hidden_loss_fn is None:
+            loss = self.loss_fn(logits, batch.rows, batch.target_cols, batch.values)
+        else:
+            loss = self.hidden_loss_fn(z, weight, bias, batch.rows, batch.target_cols, batch.values)
         loss.backward()
         self.workers.exchange_gradients(self.model, self.item_names, t.grad_exchange, batch.target_items)
         self.optimizer.step()
         target = self.model.num_items if batch.target_items is None else batch.target_items.numel()
         return loss.item(), target
+
+
+def hidden_loss(t: TrainConfig) -> Optional[HiddenLossFn]:
+    """The loss the step computes without logits, if ``t`` (``config.train``) trains one: the
+    Gramian MSE for ``loss=mse`` with ``mse_form=gramian``; None otherwise."""
+    return get_hidden_loss(t.loss, t.confidence) if t.mse_form == "gramian" else None
 
 
 def _train_epoch(step: Step, stream: Iterator[Batch], steps: int, epoch: int) -> dict[str, float]:
@@ -223,7 +237,7 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
                  t.grad_exchange, t.dtype, torch.get_num_threads())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
     step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
-                autocast, device)
+                autocast, device, hidden_loss(t))
 
     stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, start_epoch), depth=8)
     try:

@@ -93,6 +93,7 @@ def test_parse_overrides_nests_sections():
     ("prepare.duplicates=first", "prepare.duplicates must be sum, max or last"),
     ("prepare.heldout_fraction=1", "prepare.heldout_fraction must be in"),
     ("train.num_sampling_users=150", "train.num_sampling_users must be a multiple of train.batch_size"),
+    ("train.mse_form=sparse", "train.mse_form must be gramian or dense"),
     ("trainlr=1", "must look like section.key=value"),
     ("train.lr", "must look like section.key=value"),
 ])

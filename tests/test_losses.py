@@ -2,7 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recoder_dist.losses import LOSSES, get_loss, logistic, multinomial_nll, weighted_mse
+from recoder_dist.losses import (LOSSES, get_hidden_loss, get_loss, gramian_mse, logistic, multinomial_nll,
+                                 weighted_mse)
+from recoder_dist.models import RecoderAutoencoder
 
 B, T = 5, 12
 
@@ -92,3 +94,144 @@ def test_multinomial_backward_runs_once():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="already back-propagated"):
         loss.backward()
+
+
+# --- the Gramian form of the weighted MSE ------------------------------------------------------
+
+def assert_relative(actual, expected, tol=1e-9):
+    """Equal to ``tol`` relative to the largest entry of ``expected`` (entries that cancel to ~0
+    cannot be compared relative to themselves)."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    scale = expected.abs().max().clamp_min(1e-300)
+    error = (actual - expected).abs().max()
+    assert error <= tol * scale, f"max error {float(error):.3g} vs scale {float(scale):.3g}"
+
+
+def ragged_positives(counts, n_targets, generator):
+    """COO positives in CSR order, ``counts[i]`` distinct columns for user ``i``."""
+    rows, cols = [], []
+    for i, n in enumerate(counts):
+        rows += [i] * n
+        cols += torch.randperm(n_targets, generator=generator)[:n].tolist()
+    values = torch.rand(len(rows), dtype=torch.float64, generator=generator) * 4 + 0.5
+    if len(rows) > 1:
+        values[1] = 0.0  # an explicit zero: weight 1, like the implicit negatives
+    return torch.tensor(rows, dtype=torch.int64), torch.tensor(cols, dtype=torch.int64), values
+
+
+COUNTS = [3, 1, 0, 7, 2, 12]  # ragged: users with 0, 1 and many positives
+
+
+@pytest.mark.parametrize("confidence", [0.0, 3.0])
+@pytest.mark.parametrize("learned_bias", [False, True])
+def test_gramian_mse_equals_dense_weighted_mse_and_its_gradients(confidence, learned_bias):
+    g = torch.Generator().manual_seed(4)
+    n_users, n_targets, h = len(COUNTS), 15, 6
+    z = torch.randn(n_users, h, dtype=torch.float64, generator=g).requires_grad_()
+    weight = torch.randn(n_targets, h, dtype=torch.float64, generator=g).requires_grad_()
+    bias = (torch.randn(n_targets, dtype=torch.float64, generator=g) if learned_bias
+            else torch.zeros(n_targets, dtype=torch.float64)).requires_grad_()
+    rows, cols, values = ragged_positives(COUNTS, n_targets, g)
+
+    loss = gramian_mse(z, weight, bias, rows, cols, values, confidence)
+    logits = z @ weight.t() + bias
+    target = torch.zeros(n_users, n_targets, dtype=torch.float64)
+    target[rows, cols] = values
+    w = 1.0 + confidence * (target > 0).double()
+    expected = (w * (target - logits) ** 2).sum(dim=1).mean()
+    assert_relative(loss, expected)
+    assert_relative(loss, weighted_mse(logits, rows, cols, values, confidence))
+    grads = torch.autograd.grad(loss, (z, weight, bias))
+    expected_grads = torch.autograd.grad(expected, (z, weight, bias))
+    for name, grad, expected_grad in zip(("z", "weight", "bias"), grads, expected_grads):
+        assert grad.abs().max() > 0, name
+        assert_relative(grad, expected_grad)
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("hidden_sizes,tied", [((8,), False), ((8, 5), False), ((8, 5), True)])
+@pytest.mark.parametrize("confidence,learned_bias", [(0.0, False), (3.0, True)])
+def test_gramian_mse_through_the_model_gives_every_parameter_the_dense_gradient(full, hidden_sizes, tied,
+                                                                                confidence, learned_bias):
+    """Union (a target subset) and full mode (the whole catalogue): model.hidden + target_rows + the
+    Gramian loss against the dense logits + weighted_mse, every parameter's gradient compared."""
+    g = torch.Generator().manual_seed(5)
+    num_items = 23
+    torch.manual_seed(5)
+    model = RecoderAutoencoder(num_items, hidden_sizes, tied=tied, input_dropout=0.0).double().eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in model.bias_parameter_names() and (learned_bias or name != "output_bias"):
+                param.normal_(generator=g)  # zero-initialised: make bias mix-ups visible
+    targets = None if full else torch.sort(torch.randperm(num_items, generator=g)[:14]).values
+    n_targets = num_items if full else len(targets)
+    rows, target_cols, values = ragged_positives(COUNTS, n_targets, g)
+    item_of = torch.arange(num_items) if full else targets
+    items = item_of[target_cols]
+    offsets = torch.zeros(len(COUNTS) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor(COUNTS).cumsum(0)
+    values_in = values.clamp_min(0.25)  # the encoder's input: an all-zero user cannot be normalised
+
+    weight, bias = model.target_rows(targets)
+    loss = gramian_mse(model.hidden(items, values_in, offsets), weight, bias, rows, target_cols, values, confidence)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    expected = weighted_mse(model(items, values_in, offsets, targets), rows, target_cols, values, confidence)
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)
+    assert_relative(loss, expected)
+    for (name, _), grad, expected_grad in zip(model.named_parameters(), grads, expected_grads):
+        assert grad is not None and expected_grad is not None, name
+        assert_relative(grad, expected_grad)
+
+
+def test_gramian_mse_sorts_positives_given_out_of_row_order():
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(4, 3, dtype=torch.float64, generator=g).requires_grad_()
+    weight = torch.randn(9, 3, dtype=torch.float64, generator=g).requires_grad_()
+    bias = torch.randn(9, dtype=torch.float64, generator=g).requires_grad_()
+    rows, cols, values = ragged_positives([2, 0, 3, 1], 9, g)
+    shuffled = torch.randperm(len(rows), generator=g)
+    assert (rows[shuffled][1:] < rows[shuffled][:-1]).any()
+    loss = gramian_mse(z, weight, bias, rows[shuffled], cols[shuffled], values[shuffled], 2.0)
+    expected = weighted_mse(z @ weight.t() + bias, rows, cols, values, 2.0)
+    assert_relative(loss, expected)
+    for grad, expected_grad in zip(torch.autograd.grad(loss, (z, weight, bias)),
+                                   torch.autograd.grad(expected, (z, weight, bias))):
+        assert_relative(grad, expected_grad)
+
+
+def test_gramian_mse_without_positives_is_the_sum_of_squares():
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(3, 4, dtype=torch.float64, generator=g).requires_grad_()
+    weight = torch.randn(5, 4, dtype=torch.float64, generator=g)
+    bias = torch.randn(5, dtype=torch.float64, generator=g)
+    none = torch.zeros(0, dtype=torch.int64)
+    loss = gramian_mse(z, weight, bias, none, none, torch.zeros(0, dtype=torch.float64), 3.0)
+    expected = (z @ weight.t() + bias).square().sum() / 3
+    assert_relative(loss, expected)
+    assert_relative(torch.autograd.grad(loss, z)[0], torch.autograd.grad(expected, z)[0])
+
+
+def test_gramian_mse_of_bf16_z_sums_in_float32_and_returns_a_bf16_gradient():
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(4, 3, generator=g).to(torch.bfloat16).requires_grad_()
+    weight = torch.randn(6, 3, generator=g).requires_grad_()
+    bias = torch.randn(6, generator=g).requires_grad_()
+    rows, cols, values = ragged_positives([2, 1, 0, 3], 6, g)
+    loss = gramian_mse(z, weight, bias, rows, cols, values.float(), 3.0)
+    assert loss.dtype == torch.float32
+    grad_z, grad_weight = torch.autograd.grad(loss, (z, weight))
+    assert grad_z.dtype == torch.bfloat16 and grad_weight.dtype == torch.float32
+    exact = z.detach().float()
+    expected = weighted_mse(exact @ weight.detach().t() + bias.detach(), rows, cols, values.float(), 3.0)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_get_hidden_loss_names_the_gramian_mse_only():
+    g = torch.Generator().manual_seed(9)
+    z, weight, bias = torch.randn(2, 3, generator=g), torch.randn(4, 3, generator=g), torch.randn(4, generator=g)
+    rows, cols, values = torch.tensor([0, 1]), torch.tensor([3, 0]), torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(get_hidden_loss("mse", confidence=3.0)(z, weight, bias, rows, cols, values),
+                               gramian_mse(z, weight, bias, rows, cols, values, confidence=3.0))
+    assert get_hidden_loss("multinomial") is None and get_hidden_loss("logistic") is None
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        get_hidden_loss("hinge")

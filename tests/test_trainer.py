@@ -56,3 +56,43 @@ def test_an_error_in_sampling_stops_the_reader_too(data, tmp_path, monkeypatch):
         trainer.fit(config, str(data), Workers(rank=0, size=1, local_rank=0, local_size=1))
     assert any(entry.name == "_batches" for entry in raised.traceback)
     assert leftover_threads(before) == []
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_gramian_mse_step_makes_the_dense_mse_step_update(full):
+    """train.mse_form=gramian (model.hidden + target_rows + the Gramian loss) and =dense (logits +
+    weighted_mse): the same losses and weights over a few Adam steps, batch union and full mode."""
+    import numpy as np
+    import torch
+
+    from recoder_dist.sampling import UserRows, make_batches
+
+    rng = np.random.default_rng(3)
+    num_items, lengths = 60, [0, 1, 9, 4, 17, 2, 6, 1]  # ragged, one user without items
+    lists = [rng.choice(num_items, n, replace=False) for n in lengths]
+    rows = UserRows.from_lists(np.arange(len(lists)), lists, [rng.uniform(1, 5, n) for n in lengths])
+    batches = list(make_batches(rows, 4, 8, num_items, 3, full, np.random.default_rng(0)))
+    assert len(batches) == 2 and (batches[0].target_items is None) == full
+
+    def run(form: str) -> tuple[list[float], dict]:
+        config = load_config(None, ["model.hidden_sizes=[12,5]", "train.loss=mse", "train.confidence=3",
+                                    f"train.mse_form={form}", "mlflow.enabled=false"])
+        torch.manual_seed(0)
+        model = trainer.build_model(num_items, config)
+        optimizer = torch.optim.Adam(model.parameter_groups(1e-3), lr=0.01)
+        step = trainer.Step(model, optimizer, trainer.get_loss("mse", 3.0), model.item_parameter_names(), config,
+                            Workers(rank=0, size=1, local_rank=0, local_size=1),
+                            torch.autocast("cpu", enabled=False), torch.device("cpu"), trainer.hidden_loss(config.train))
+        assert (step.hidden_loss_fn is None) == (form == "dense")
+        model.train()
+        losses = []
+        for i in range(4):
+            torch.manual_seed(100 + i)  # the same input-dropout masks for both forms
+            losses.append(step(batches[i % 2])[0])
+        return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    gramian_losses, gramian_weights = run("gramian")
+    dense_losses, dense_weights = run("dense")
+    assert gramian_losses == pytest.approx(dense_losses, rel=1e-5)
+    for name, weight in dense_weights.items():
+        torch.testing.assert_close(gramian_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
