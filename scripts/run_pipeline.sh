@@ -4,6 +4,7 @@
 #
 #   scripts/run_pipeline.sh                 # embedded default: synthetic data, 2 Horovod ranks
 #   scripts/run_pipeline.sh ml-100k         # real MovieLens 100K (fetched once into ~/.cache)
+#   scripts/run_pipeline.sh ml-1m           # real MovieLens 1M (likewise)
 #   NP=4 scripts/run_pipeline.sh default train.epochs=30   # more ranks; extra key=value go to training
 # Environment: WORK (where data/, runs/, mlflow.db, mlruns/ go; default: the repository),
 # SYNTHETIC_ARGS (overrides for jobs/generate.py, e.g. "synthetic.num_users=500").
@@ -36,7 +37,13 @@ case "$DATASET" in
     RAW=$(python -c "from pipeline.datasets import movielens_100k; print(movielens_100k())")
     echo "MovieLens 100K at $RAW"
     ;;
-  *) echo "usage: $0 [default|ml-100k] [section.key=value ...]" >&2; exit 2 ;;
+  ml-1m)
+    CONFIG=conf/ml-1m.yaml
+    stage "1/4 fetch MovieLens 1M"
+    RAW=$(python -c "from pipeline.datasets import movielens_1m; print(movielens_1m())")
+    echo "MovieLens 1M at $RAW"
+    ;;
+  *) echo "usage: $0 [default|ml-100k|ml-1m] [section.key=value ...]" >&2; exit 2 ;;
 esac
 DATA=$WORK/data/$DATASET
 CHECKPOINTS=$RUNS/$DATASET/checkpoints

