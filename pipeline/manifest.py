@@ -51,3 +51,15 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: schema_version {version} but this code reads version {SCHEMA_VERSION}; "
                            f"prepare the data again with this version")
     return manifest
+
+
+# Prepare settings that only lay the splits out in files: they change no split's users or items.
+LAYOUT_SETTINGS = frozenset({"max_ranks", "row_groups_per_rank", "min_rows_per_group", "max_rows_per_group"})
+
+
+def dataset_id(manifest: dict[str, Any]) -> str:
+    """Which dataset a prepared folder holds: the input's fingerprint and the prepare settings that
+    decide the splits' contents (not their file layout). Validation scores compare only within one id."""
+    settings = {k: v for k, v in manifest["config"].items() if k not in LAYOUT_SETTINGS}
+    payload = json.dumps({"input": manifest["source"].get("fingerprint", ""), "prepare": settings}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,13 +1,16 @@
 """python -m recoder_dist.registry {list,promote,demote,lineage} — the MLflow Model Registry side.
 
 Every finished training run registers a new version (versions are never overwritten) with the
-alias ``candidate``; it becomes ``champion`` only when its validation NDCG@100 beats the
-current champion's, or when there is none.
+alias ``candidate``, tagged with the dataset it was trained on (``pipeline.manifest.dataset_id``).
+It becomes ``champion`` when there is none, or when the champion was trained on the same dataset
+and the version's validation NDCG@100 beats the champion's. Scores of other datasets are not
+comparable: a version of another dataset never displaces the champion (``promote`` does, by hand).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Optional
@@ -15,26 +18,60 @@ from typing import Optional
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+log = logging.getLogger("recoder.registry")
+
 CANDIDATE, CHAMPION = "candidate", "champion"
 SCORE_TAG = "val_ndcg_at_100"
+DATASET_TAG = "dataset"
 
 
-def register(client: MlflowClient, name: str, model_uri: str, run_id: str, val_ndcg: float) -> dict:
-    """Create a version of ``name`` from ``model_uri``, alias it, and promote it if it is better."""
+def register(client: MlflowClient, name: str, model_uri: str, run_id: str, val_ndcg: float, dataset: str) -> dict:
+    """Create a version of ``name`` from ``model_uri`` trained on ``dataset``, alias it, and
+    promote it if it beats a champion of the same dataset (or there is none); the result's
+    ``decision`` says which happened and why (it is logged too)."""
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Recoder autoencoder (recoder-dist)")
-    version = client.create_model_version(name, model_uri, run_id=run_id, tags={SCORE_TAG: f"{val_ndcg:.6f}"})
+    version = client.create_model_version(name, model_uri, run_id=run_id,
+                                          tags={SCORE_TAG: f"{val_ndcg:.6f}", DATASET_TAG: dataset})
     client.set_registered_model_alias(name, CANDIDATE, version.version)
     champion = _alias_version(client, name, CHAMPION)
     champion_score = float(champion.tags.get(SCORE_TAG, "-inf")) if champion else None
-    promoted = champion is None or val_ndcg > champion_score
+    champion_dataset = champion.tags.get(DATASET_TAG) if champion else None
+    label = f"{name} version {version.version}"
+    if champion is None:
+        promoted, decision = True, f"{label} is the first champion"
+    elif champion_dataset != dataset:
+        promoted = False
+        decision = (f"{label} was trained on dataset {dataset}, the champion (version {champion.version}) on "
+                    f"{champion_dataset or 'an unrecorded dataset'}: their scores are not comparable, so the "
+                    f"champion stays; promote by hand (registry promote) or register each dataset under its "
+                    f"own mlflow.registered_model")
+    else:
+        promoted = val_ndcg > champion_score
+        decision = (f"{label} {'beats' if promoted else 'does not beat'} the champion (version {champion.version}) "
+                    f"on dataset {dataset}: validation NDCG@100 {val_ndcg:.4f} vs {champion_score:.4f}")
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version.version)
-    return {"name": name, "version": int(version.version), "promoted": promoted,
+    (log.info if promoted or champion_dataset == dataset else log.warning)("%s", decision)
+    return {"name": name, "version": int(version.version), "promoted": promoted, "dataset": dataset,
             "val_ndcg_at_100": val_ndcg, "previous_champion": None if champion is None else int(champion.version),
-            "previous_champion_val_ndcg_at_100": champion_score}
+            "previous_champion_val_ndcg_at_100": champion_score, "previous_champion_dataset": champion_dataset,
+            "decision": decision}
+
+
+def _versions_of(client: MlflowClient, name: str) -> list:
+    """Every version of ``name``. MLflow's filter strings cannot escape a quote, so the name is
+    quoted with a kind it lacks; a name with both kinds is matched by LIKE with ``_`` for each
+    quote, and the exact name is kept."""
+    if "'" not in name:
+        query = f"name='{name}'"
+    elif '"' not in name:
+        query = f'name="{name}"'
+    else:
+        query = "name LIKE '" + name.replace("'", "_").replace('"', "_") + "'"
+    return [v for v in client.search_model_versions(query) if v.name == name]
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str):
@@ -57,7 +94,7 @@ def resolve(client: MlflowClient, name: str, ref: str):
     """A version by number or alias, with an error that names what exists."""
     require_model(client, name)
     if ref.isdigit():
-        numbers = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))  # str or int
+        numbers = sorted(int(v.version) for v in _versions_of(client, name))  # str or int
         if int(ref) not in numbers:
             raise LookupError(f"model {name!r} has no version {ref}; versions: {numbers or 'none'}")
     found = client.get_model_version(name, ref) if ref.isdigit() else _alias_version(client, name, ref)
@@ -73,10 +110,11 @@ def versions(client: MlflowClient, name: str) -> list[dict]:
     for alias, version in client.get_registered_model(name).aliases.items():
         aliases.setdefault(str(version), []).append(alias)
     rows = []
-    for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+    for v in sorted(_versions_of(client, name), key=lambda v: int(v.version)):
         metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
         rows.append({"version": int(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
-                     "run_id": v.run_id, SCORE_TAG: float(v.tags.get(SCORE_TAG, "nan")),
+                     "run_id": v.run_id, DATASET_TAG: v.tags.get(DATASET_TAG),
+                     SCORE_TAG: float(v.tags.get(SCORE_TAG, "nan")),
                      **{k: metrics[k] for k in sorted(metrics) if k.startswith("test_")}})
     return rows
 

@@ -1,7 +1,8 @@
 """MLflow tracking for training runs (rank 0 only): params, per-epoch metrics, artifacts, model.
 
 One training run is one MLflow run; a run resumed with ``--resume`` reopens the same MLflow
-run (its id is kept in the checkpoint), and a crashed or killed run is marked FAILED.
+run (its id is kept in the checkpoint); a crashed run is marked FAILED, one stopped by a signal
+(Ctrl-C, or the SIGTERM horovodrun and schedulers send) KILLED. A FINISHED run is never reopened.
 """
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from typing import Any, Optional, Sequence
 import mlflow
 import pandas as pd
 import pyarrow.parquet as pq
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.manifest import dataset_id
+from recoder_dist.checkpoint import CONTINUE_FINISHED, ResumeError
 from recoder_dist.config import Config, MlflowConfig, dumps
 from recoder_dist.recommender import Recommender
 from recoder_dist import mlflow_model, registry
@@ -45,9 +49,9 @@ class MlflowTracker:
     def __init__(self, config: Config, manifest: dict, data_dir: str, ranks: int, device: str,
                  run_id: Optional[str] = None, history: Sequence[dict] = ()) -> None:
         """``run_id`` and ``history`` (the epochs recorded in the checkpoint) resume a run."""
+        self.resumed_status = _resumable_status(config.mlflow.tracking_uri, run_id) if run_id else None
         configure(config.mlflow)
         self.config, self.manifest, self.data_dir = config, manifest, data_dir
-        self.resumed_status = MlflowClient().get_run(run_id).info.status if run_id else None
         self.epochs_logged = 0
         self.run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
         self.run_id = self.run.info.run_id
@@ -57,6 +61,7 @@ class MlflowTracker:
             mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
             mlflow.log_params({
                 "data.path": str(Path(data_dir).resolve()), "data.fingerprint": manifest["source"].get("fingerprint"),
+                "data.dataset_id": dataset_id(manifest),
                 "data.schema_version": manifest["schema_version"], "data.num_items": manifest["num_items"],
                 **{f"data.num_users.{k}": v for k, v in manifest["num_users"].items()},
                 "data.nnz_train": manifest["nnz"]["train"]["items"]})
@@ -92,8 +97,9 @@ class MlflowTracker:
             info = mlflow_model.log_model(saved, recommender.item_ids[:3].astype(str).tolist())
         val_ndcg = result.best_validation.get("ndcg_at_100", float("nan"))
         registration = registry.register(MlflowClient(), self.config.mlflow.registered_model, info.model_uri,
-                                         self.run_id, val_ndcg)
-        mlflow.set_tags({"registered_model": registration["name"], "registered_version": registration["version"]})
+                                         self.run_id, val_ndcg, dataset_id(self.manifest))
+        mlflow.set_tags({"registered_model": registration["name"], "registered_version": registration["version"],
+                         "checkpoint_dir": str(Path(result.best_checkpoint).parent)})
         mlflow.end_run("FINISHED")
         return registration
 
@@ -104,11 +110,28 @@ class MlflowTracker:
         model.load_state_dict(state["model"])
         return Recommender(model, items["item_id"].astype(str).tolist(), items["count"].to_numpy())
 
-    def fail(self) -> None:
-        """Mark the run FAILED, except a resume rejected before its first epoch (e.g. other
-        settings than the checkpoint's): that leaves the resumed run's status as it was."""
-        unchanged = self.resumed_status in {"FINISHED", "FAILED", "KILLED"} and not self.epochs_logged
-        mlflow.end_run(self.resumed_status if unchanged else "FAILED")
+    def fail(self, status: str = "FAILED") -> None:
+        """End the run as ``status`` (FAILED, or KILLED when stopped by a signal), except a resume
+        rejected before its first epoch (e.g. other settings than the checkpoint's): that leaves
+        the resumed run's status as it was."""
+        unchanged = self.resumed_status in {"FAILED", "KILLED"} and not self.epochs_logged
+        mlflow.end_run(self.resumed_status if unchanged else status)
+
+
+def _resumable_status(tracking_uri: str, run_id: str) -> str:
+    """The status of the run a checkpoint continues; ResumeError when the store does not hold
+    it or it is FINISHED (``--resume`` continues only unfinished runs)."""
+    try:
+        run = MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ResumeError(f"--resume: the checkpoint continues MLflow run {run_id}, which the configured tracking "
+                          f"store (mlflow.tracking_uri or $MLFLOW_TRACKING_URI) does not hold: resume against the "
+                          f"store that run was tracked in, or train without --resume") from None
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"--resume: MLflow run {run_id} is FINISHED. {CONTINUE_FINISHED}")
+    return run.info.status
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:

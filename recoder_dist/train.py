@@ -1,7 +1,10 @@
-"""horovodrun -np N python -m recoder_dist.train --data DIR [--config conf/X.yaml] [--resume] [section.key=value ...]
+"""horovodrun -np N python -m recoder_dist.train --data DIR [--config conf/X.yaml] [--resume | --resume-from RUN]
+[section.key=value ...]
 
 Trains the autoencoder on a prepared dataset with batch-union sampling; without horovodrun it
-trains in one process. Prints the test metrics as one JSON line at the end (rank 0).
+trains in one process. Prints the test metrics as one JSON line at the end (rank 0). Each run
+checkpoints into its own folder under train.checkpoint_dir; --resume continues the latest
+unfinished one (and its MLflow run), --resume-from a given one; a finished run is never resumed.
 """
 from __future__ import annotations
 
@@ -14,8 +17,16 @@ import sys
 from pathlib import Path
 
 from pipeline.manifest import DatasetError, read_manifest
-from recoder_dist.checkpoint import LAST, load as load_checkpoint
+from recoder_dist import checkpoint
 from recoder_dist.config import ConfigError, load_config
+
+
+class Stopped(SystemExit):
+    """The process was asked to stop (SIGINT, or SIGTERM, which horovodrun sends its ranks)."""
+
+
+def _stop(signum: int, _frame) -> None:
+    raise Stopped(128 + signum)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -26,7 +37,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="prepared dataset directory (jobs/prepare.py output)")
     parser.add_argument("--config", help="YAML config (default: conf/default.yaml)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the last checkpoint in train.checkpoint_dir (and its MLflow run)")
+                        help="continue the latest unfinished run in train.checkpoint_dir (and its MLflow run); "
+                             "without one, start afresh")
+    parser.add_argument("--resume-from", metavar="RUN", type=Path,
+                        help="continue this unfinished run: its folder under train.checkpoint_dir, or its last.pt")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return parser.parse_args(argv)
 
@@ -41,25 +55,33 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("petastorm").setLevel(logging.WARNING)  # per-reader schema notices
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # horovodrun stops ranks with SIGTERM
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     tracker, run_state = None, {}
+    resume = bool(args.resume or args.resume_from)
     try:
         config = load_config(args.config, args.overrides)
         if "MLFLOW_TRACKING_URI" in os.environ and not any(o.startswith("mlflow.tracking_uri=") for o in args.overrides):
             config.mlflow.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
+        if workers.is_root and resume:  # rank 0 alone reads checkpoints; fit sends the others what they need
+            resume = checkpoint.resume_target(Path(config.train.checkpoint_dir), args.resume_from) or False
         if workers.is_root and config.mlflow.enabled:
             from recoder_dist.tracking import MlflowTracker
-            previous = (load_checkpoint(Path(config.train.checkpoint_dir) / LAST) or {}) if args.resume else {}
+            previous = checkpoint.load(resume / checkpoint.LAST) if resume else {}
             tracker = MlflowTracker(config, read_manifest(args.data), args.data, workers.size, str(workers.device()),
                                     previous.get("run_state", {}).get("mlflow_run_id"), previous.get("history", []))
             run_state = {"mlflow_run_id": tracker.run_id}
-        result = fit(config, args.data, workers, resume=args.resume, tracker=tracker, run_state=run_state)
-        registration = tracker.finish(result, load_checkpoint(result.best_checkpoint)) if tracker else None
+        result = fit(config, args.data, workers, resume=resume, tracker=tracker, run_state=run_state)
+        registration = tracker.finish(result, checkpoint.load(result.best_checkpoint)) if tracker else None
     except (ConfigError, DatasetError, ValueError) as error:
         if tracker:
             tracker.fail()
         print(f"train: error (rank {workers.rank}): {error}", file=sys.stderr)
         return 2
+    except Stopped:
+        if tracker:
+            tracker.fail("KILLED")
+        raise
     except BaseException:
         if tracker:
             tracker.fail()

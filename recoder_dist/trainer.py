@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol, Union
 
 import numpy as np
 import torch
@@ -87,11 +87,38 @@ def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, nu
             yield from make_batches(part, t.batch_size, chunk, num_items, t.num_neg_samples, t.full, rng)
 
 
-def _identity(config: Config, manifest: dict) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the data and the model/training settings."""
+# Settings that cannot change the weights a run produces: a resume may change them freely.
+NOT_IDENTITY = frozenset({"epochs", "checkpoint_dir", "threads", "reader_pool", "reader_workers", "eval_every",
+                          "eval_batch_size"})
+
+
+def _identity(config: Config, manifest: dict, ranks: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: what changes the optimisation (the data, the
+    model, every training setting but ``NOT_IDENTITY``, and the ranks: each rank's batch and
+    shard depend on them, and the global batch is ranks × ``train.batch_size``) and nothing else."""
     return {"data": manifest["source"].get("fingerprint", ""), "created_at": manifest["created_at"],
-            "model": asdict(config.model),
-            "train": {k: v for k, v in asdict(config.train).items() if k not in {"epochs", "checkpoint_dir"}}}
+            "ranks": ranks, "global_batch": ranks * config.train.batch_size, "model": asdict(config.model),
+            "train": {k: v for k, v in asdict(config.train).items() if k not in NOT_IDENTITY}}
+
+
+def _open_run(root: Path, resume: Union[bool, str, Path], identity: dict) -> tuple[Path, Optional[dict]]:
+    """Rank 0: the run folder to write and the checkpoint to continue (None: a fresh run).
+
+    ``resume`` is False (a fresh folder), True (the latest unfinished run under ``root``, or a
+    fresh one when there is none) or a run folder. Raises ResumeError when it cannot continue."""
+    target = checkpoint.resume_target(root, None if resume is True else Path(resume)) if resume else None
+    if target is None:
+        return checkpoint.new_run_dir(root), None
+    state = checkpoint.load(target / checkpoint.LAST)
+    if state["identity"] != identity:
+        differences = _differences(state["identity"], identity)
+        ranks = state["identity"].get("ranks")
+        lead = (f"it was written by {ranks} ranks and this run has {identity['ranks']} (resume with horovodrun -np "
+                f"{ranks}): " if ranks not in {None, identity["ranks"]} else "")
+        raise checkpoint.ResumeError(
+            f"{target / checkpoint.LAST} was written for other data or settings ({lead}{'; '.join(differences)}); "
+            f"resume with the same settings, or train without --resume")
+    return target, state
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -173,13 +200,20 @@ def _train_epoch(step: Step, stream: Iterator[Batch], steps: int, epoch: int) ->
             "epoch_s": seconds, "target_size": float(totals[2] / (steps * workers.size))}
 
 
-def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
+def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str, Path] = False,
         tracker: Optional[Tracker] = None, run_state: Optional[dict] = None,
         on_epoch_end: Optional[Callable[[int, torch.nn.Module, dict], None]] = None) -> TrainResult:
     """Train on ``data_dir`` (a prepared dataset), evaluate, checkpoint; returns the result.
 
     ``on_epoch_end(epoch, model, record)`` is called on every rank after each epoch (e.g. to
     check that the ranks hold the same weights).
+
+    Each run checkpoints into a folder of its own under ``train.checkpoint_dir``
+    (``recoder_dist.checkpoint``). ``resume``: False trains afresh; True continues the latest
+    unfinished run there (afresh when there is none); a run folder continues that run. Only
+    rank 0's value and files are used: it reads the checkpoint and broadcasts it, so the other
+    ranks' hosts need not see the folder. A checkpoint of other data, settings or number of ranks,
+    or a finished or live run, is refused on every rank with ``checkpoint.ResumeError``.
 
     ``run_state`` is opaque tracker state stored in checkpoints (the MLflow run id), so that a
     resumed run continues the same tracked run.
@@ -208,73 +242,91 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: bool = False,
     optimizer = torch.optim.Adam(model.parameter_groups(t.weight_decay), lr=t.lr, **fused)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.gamma)
     steps = steps_per_epoch(n_train, t.batch_size, workers.size)
-    ckpt_dir = Path(t.checkpoint_dir)
-    identity = _identity(config, manifest)
+    identity = _identity(config, manifest, workers.size)
 
+    # Rank 0 alone reads the checkpoint folder (other hosts need not see it) and sends the rest
+    # what they need; a refusal reaches every rank, so all of them stop with the same message.
+    run_dir, state, opened = None, None, {}
+    if workers.is_root:
+        try:
+            run_dir, state = _open_run(Path(t.checkpoint_dir), resume, identity)
+            opened = {"run_dir": str(run_dir)}
+        except checkpoint.ResumeError as error:
+            opened = {"error": str(error)}
+    opened = workers.broadcast_object(opened, "resume_opened")
+    if "error" in opened:
+        raise checkpoint.ResumeError(opened["error"])
+    run_dir = Path(opened["run_dir"])
+    resumed = workers.broadcast_object(
+        None if state is None else {k: state[k] for k in ("optimizer", "scheduler", "torch_rng", "epoch", "history",
+                                                           "best")}, "resume_state")
     start_epoch, history, best = 1, [], {"epoch": 0, "ndcg_at_100": -1.0}
-    state = checkpoint.load(ckpt_dir / checkpoint.LAST) if resume else None
-    if resume and state is None and workers.is_root:
-        log.warning("--resume: no checkpoint in %s, starting from epoch 1", ckpt_dir)
-    if state is not None:
-        if state["identity"] != identity:
-            raise ValueError(f"{ckpt_dir / checkpoint.LAST} was written for other data or settings "
-                             f"({'; '.join(_differences(state['identity'], identity))}); resume with the "
-                             f"same settings, or train without --resume or with another train.checkpoint_dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+    if resumed is not None:
         if workers.is_root:
-            log.info("resumed from %s after epoch %d", ckpt_dir / checkpoint.LAST, state["epoch"])
+            model.load_state_dict(state["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["torch_rng"])
+        start_epoch, history, best = resumed["epoch"] + 1, resumed["history"], resumed["best"]
+        if workers.is_root:
+            log.info("resumed from %s after epoch %d", run_dir / checkpoint.LAST, resumed["epoch"])
+    elif workers.is_root:
+        log.info("checkpoints in %s", run_dir)
     workers.broadcast_model(model)
 
-    validation = read_heldout(data_dir, "validation").shard(workers.rank, workers.size)
-    if workers.is_root:
-        log.info("training %d items, %d train users on %d rank(s): %d steps/epoch of %d users, "
-                 "target set per %d users, exchange=%s, dtype=%s, %d thread(s)/rank", num_items, n_train,
-                 workers.size, steps, t.batch_size, t.num_sampling_users or t.batch_size,
-                 t.grad_exchange, t.dtype, torch.get_num_threads())
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
-    step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
-                autocast, device, hidden_loss(t))
+    with contextlib.ExitStack() as held:
+        if workers.is_root:
+            held.enter_context(checkpoint.hold(run_dir))  # until the run is finished or stops
+        validation = read_heldout(data_dir, "validation").shard(workers.rank, workers.size)
+        if workers.is_root:
+            log.info("training %d items, %d train users on %d rank(s): %d steps/epoch of %d users, "
+                     "target set per %d users, exchange=%s, dtype=%s, %d thread(s)/rank", num_items, n_train,
+                     workers.size, steps, t.batch_size, t.num_sampling_users or t.batch_size,
+                     t.grad_exchange, t.dtype, torch.get_num_threads())
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
+        step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
+                    autocast, device, hidden_loss(t))
 
-    stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, start_epoch), depth=8)
-    try:
-        for epoch in range(start_epoch, t.epochs + 1):
-            record = _train_epoch(step, stream, steps, epoch)
-            scheduler.step()
-            if epoch % t.eval_every == 0 or epoch == t.epochs:
-                scores = means(workers.sum(metric_sums(model_scorer(model), validation, t.eval_batch_size, device)))
-                record.update({f"val_{k}": v for k, v in scores.items()})
-                if scores["ndcg_at_100"] > best["ndcg_at_100"]:
-                    best = {"epoch": epoch, **scores}
-                    if workers.is_root:
-                        checkpoint.save(ckpt_dir / checkpoint.BEST, {"model": model.state_dict(), "epoch": epoch,
-                                                                    "num_items": num_items, "config": config.to_dict(),
-                                                                    "validation": scores})
-            history.append(record)
-            if workers.is_root:
-                checkpoint.save(ckpt_dir / checkpoint.LAST, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "best": best,
-                    "identity": identity, "run_state": dict(run_state or {})})
-                log.info("epoch %d/%d  loss %.4f  %s  %.0f users/s  %.1f s  |target| %.0f", epoch, t.epochs,
-                         record["train_loss"], "  ".join(f"{k} {record[k]:.4f}" for k in record if k.startswith("val_")),
-                         record["users_per_s"], record["epoch_s"], record["target_size"])
-                if tracker is not None:
-                    tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, model, record)
-    finally:
-        stream.close()
+        stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, start_epoch), depth=8)
+        try:
+            for epoch in range(start_epoch, t.epochs + 1):
+                record = _train_epoch(step, stream, steps, epoch)
+                scheduler.step()
+                if epoch % t.eval_every == 0 or epoch == t.epochs:
+                    sums = metric_sums(model_scorer(model), validation, t.eval_batch_size, device)
+                    scores = means(workers.sum(sums))
+                    record.update({f"val_{k}": v for k, v in scores.items()})
+                    if scores["ndcg_at_100"] > best["ndcg_at_100"]:
+                        best = {"epoch": epoch, **scores}
+                        if workers.is_root:
+                            checkpoint.save(run_dir / checkpoint.BEST, {
+                                "model": model.state_dict(), "epoch": epoch, "num_items": num_items,
+                                "config": config.to_dict(), "validation": scores})
+                history.append(record)
+                if workers.is_root:
+                    checkpoint.save(run_dir / checkpoint.LAST, {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                        "history": history, "best": best, "identity": identity, "run_state": dict(run_state or {})})
+                    log.info("epoch %d/%d  loss %.4f  %s  %.0f users/s  %.1f s  |target| %.0f", epoch, t.epochs,
+                             record["train_loss"],
+                             "  ".join(f"{k} {record[k]:.4f}" for k in record if k.startswith("val_")),
+                             record["users_per_s"], record["epoch_s"], record["target_size"])
+                    if tracker is not None:
+                        tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, model, record)
+        finally:
+            stream.close()
 
-    best_state = checkpoint.load(ckpt_dir / checkpoint.BEST) if workers.is_root else None
-    weights = workers.broadcast_object(best_state["model"] if best_state else None, "best_model")
-    if weights is not None:
-        model.load_state_dict(weights)
-    test_rows = read_heldout(data_dir, "test").shard(workers.rank, workers.size)
-    test = means(workers.sum(metric_sums(model_scorer(model), test_rows, t.eval_batch_size, device)))
-    return TrainResult(epochs=t.epochs, steps_per_epoch=steps, best_epoch=int(best["epoch"]),
-                       best_validation={k: best[k] for k in METRICS if k in best}, test=test, history=history,
-                       best_checkpoint=ckpt_dir / checkpoint.BEST)
+        best_state = checkpoint.load(run_dir / checkpoint.BEST) if workers.is_root else None
+        weights = workers.broadcast_object(best_state["model"] if best_state else None, "best_model")
+        if weights is not None:
+            model.load_state_dict(weights)
+        test_rows = read_heldout(data_dir, "test").shard(workers.rank, workers.size)
+        test = means(workers.sum(metric_sums(model_scorer(model), test_rows, t.eval_batch_size, device)))
+        if workers.is_root:
+            checkpoint.mark_finished(run_dir, {"epochs": t.epochs, "best_epoch": int(best["epoch"])})
+        return TrainResult(epochs=t.epochs, steps_per_epoch=steps, best_epoch=int(best["epoch"]),
+                           best_validation={k: best[k] for k in METRICS if k in best}, test=test, history=history,
+                           best_checkpoint=run_dir / checkpoint.BEST)

@@ -76,19 +76,28 @@ def item_counts(data_dir: Path) -> np.ndarray:
     return counts
 
 
-def environment(ranks: int) -> dict[str, str]:
+def run_folder(root: Path) -> Path:
+    """The one run folder a training run wrote under ``train.checkpoint_dir`` ``root``."""
+    folders = [p for p in Path(root).iterdir() if p.is_dir()]
+    assert len(folders) == 1, f"{root} holds {len(folders)} run folders, not one: {folders}"
+    return folders[0]
+
+
+def environment(ranks: int, **extra: str) -> dict[str, str]:
     """Environment of a training subprocess: the repository importable, one thread per rank."""
-    env = dict(os.environ)
+    env = dict(os.environ, **extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["OMP_NUM_THREADS"] = "1"
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 
-def command(ranks: int, data_dir: Path, out: Path, overrides: Sequence[str], resume: bool = False) -> list[str]:
+def command(ranks: int, data_dir: Path, out: Path, overrides: Sequence[str], resume: bool = False,
+            resume_from: Optional[Path] = None) -> list[str]:
     """``[horovodrun -np R] python tests/_train_worker.py ...``."""
     worker = [sys.executable, str(WORKER), "--data", str(data_dir), "--out", str(out)]
     worker += ["--resume"] if resume else []
+    worker += ["--resume-from", str(resume_from)] if resume_from else []
     worker += list(overrides)
     if ranks == 1:
         return worker
@@ -113,11 +122,13 @@ class Run:
 
 
 def train(ranks: int, data_dir: Path, base: Path, name: str, extra: Sequence[str] = (),
-          resume: bool = False, checkpoint_dir: Optional[Path] = None, timeout: float = 240) -> Run:
-    """Train (cached by arguments) and return every rank's report; fails with the run's output."""
+          resume: bool = False, checkpoint_dir: Optional[Path] = None, timeout: float = 240,
+          env: Optional[dict[str, str]] = None) -> Run:
+    """Train (cached by arguments) and return every rank's report; fails with the run's output.
+    ``env``: extra environment variables of the run."""
     import time
 
-    key = (ranks, str(data_dir), name, tuple(extra), resume)
+    key = (ranks, str(data_dir), name, tuple(extra), resume, tuple(sorted((env or {}).items())))
     if key in _runs:
         return _runs[key]
     out = base / f"run-{name}-np{ranks}"
@@ -127,8 +138,8 @@ def train(ranks: int, data_dir: Path, base: Path, name: str, extra: Sequence[str
     batch = GLOBAL_BATCH // ranks
     overrides = [*TRAIN, f"train.batch_size={batch}", f"train.checkpoint_dir={checkpoint_dir}", *extra]
     started = time.perf_counter()
-    done = subprocess.run(command(ranks, data_dir, out, overrides, resume), cwd=ROOT, env=environment(ranks),
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command(ranks, data_dir, out, overrides, resume), cwd=ROOT,
+                          env=environment(ranks, **(env or {})), capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - started
     assert done.returncode == 0, f"training failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     reports = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(ranks)]
@@ -189,7 +200,8 @@ class Registered:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.folder / "checkpoints"
+        """The run's own checkpoint folder."""
+        return run_folder(self.folder / "checkpoints")
 
     def load_pyfunc(self, ref: str = "champion"):
         """``mlflow.pyfunc.load_model("models:/NAME@REF")`` from this store (the process's

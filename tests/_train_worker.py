@@ -1,14 +1,18 @@
-"""[horovodrun -np N] python tests/_train_worker.py --data DIR --out DIR [--resume] [section.key=value ...]
+"""[horovodrun -np N] python tests/_train_worker.py --data DIR --out DIR [--resume | --resume-from RUN] [key=value ...]
 
 Test helper, not a product entry point: trains with ``trainer.fit`` exactly as
 ``recoder_dist.train`` does (without MLflow) and writes ``<out>/rank-<r>.json`` on every rank:
 a SHA-256 digest of the rank's weights after each epoch, and the run's result.
+
+``TEST_CHECKPOINT_DIR_RANK_<r>`` in the environment gives rank r a ``train.checkpoint_dir`` of
+its own, as a host that does not see rank 0's disk would have.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -36,13 +40,16 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume-from", type=Path)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     workers = Workers.start()
     config = load_config(None, args.overrides)
+    own = os.environ.get(f"TEST_CHECKPOINT_DIR_RANK_{workers.rank}")
+    config.train.checkpoint_dir = own or config.train.checkpoint_dir
     digests: dict[int, str] = {}
-    result = fit(config, args.data, workers, resume=args.resume,
+    result = fit(config, args.data, workers, resume=args.resume_from or args.resume,
                  on_epoch_end=lambda epoch, model, record: digests.__setitem__(epoch, digest(model)))
     report = {"rank": workers.rank, "size": workers.size, "digests": digests,
               "result": {**asdict(result), "best_checkpoint": str(result.best_checkpoint)}}

@@ -1,6 +1,7 @@
 """MLflow tracking of ``horovodrun -np 2 python -m recoder_dist.train``: one run per training,
-its params, per-epoch metrics, artifacts, registered model; FAILED when killed; ``--resume``
-continues the same run. Every store is a temporary sqlite file (never the repository's)."""
+its params, per-epoch metrics, artifacts, registered model; KILLED when stopped; ``--resume``
+continues the same run, never a finished one. Every store is a temporary sqlite file (never the
+repository's)."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from _data import (MLFLOW_TRAIN, MODEL_NAME, environment, mlflow_store, original_histories, registered_model,
-                   stop_process_group, train_command, train_result)
-from pipeline.manifest import read_manifest
+                   run_folder, stop_process_group, train_command, train_result)
+from pipeline.manifest import dataset_id, read_manifest
 from recoder_dist.config import load_config
 from recoder_dist.recommender import Recommender
 from recoder_dist.trainer import build_model
@@ -85,9 +86,13 @@ def test_model_is_registered_with_candidate_and_champion(model):
     assert version.run_id == model.run_id
     assert float(version.tags["val_ndcg_at_100"]) == pytest.approx(model.result["best_validation"]["ndcg_at_100"],
                                                                   abs=1e-6)
-    assert model.result["registered"] == {"name": model.name, "version": 1, "promoted": True,
+    dataset = dataset_id(read_manifest(model.data_dir))
+    assert version.tags["dataset"] == dataset
+    assert model.result["registered"] == {"name": model.name, "version": 1, "promoted": True, "dataset": dataset,
                                           "val_ndcg_at_100": model.result["best_validation"]["ndcg_at_100"],
-                                          "previous_champion": None, "previous_champion_val_ndcg_at_100": None}
+                                          "previous_champion": None, "previous_champion_val_ndcg_at_100": None,
+                                          "previous_champion_dataset": None,
+                                          "decision": f"{model.name} version 1 is the first champion"}
 
 
 def test_pyfunc_champion_recommends_as_the_in_process_recommender(model):
@@ -112,10 +117,9 @@ def test_pyfunc_champion_recommends_as_the_in_process_recommender(model):
     assert len(got) == len(histories)
 
 
-def test_killed_run_is_failed_and_resume_continues_the_same_run(model, tmp_path):
+def test_stopped_run_is_killed_and_resume_continues_the_same_run(model, tmp_path):
     folder = tmp_path / "killed"
     uri, _ = mlflow_store(folder)
-    last = folder / "checkpoints" / "last.pt"
     log = folder / "train.log"
     folder.mkdir()
     with open(log, "w") as output:
@@ -123,16 +127,18 @@ def test_killed_run_is_failed_and_resume_continues_the_same_run(model, tmp_path)
                                    env=environment(2), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 180
-            while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+            while not list(folder.glob("checkpoints/*/last.pt")) and process.poll() is None \
+                    and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert last.exists(), f"no checkpoint after {time.monotonic() - deadline + 180:.0f} s:\n" \
-                                  f"{log.read_text()[-3000:]}"
+            assert list(folder.glob("checkpoints/*/last.pt")), \
+                f"no checkpoint after {time.monotonic() - deadline + 180:.0f} s:\n{log.read_text()[-3000:]}"
         finally:
-            stop_process_group(process)  # right after the first checkpoint: mid-training
+            stop_process_group(process)  # SIGTERM right after the first checkpoint: mid-training
     assert process.returncode != 0
+    last = run_folder(folder / "checkpoints") / "last.pt"
     client = MlflowClient(uri)
     runs = all_runs(client)
-    assert len(runs) == 1 and runs[0].info.status == "FAILED", log.read_text()[-3000:]
+    assert len(runs) == 1 and runs[0].info.status == "KILLED", log.read_text()[-3000:]
     killed_id = runs[0].info.run_id
     with pytest.raises(MlflowException):
         client.get_registered_model(MODEL_NAME)  # a failed run registers nothing
@@ -151,12 +157,21 @@ def test_killed_run_is_failed_and_resume_continues_the_same_run(model, tmp_path)
     assert set(TEST_METRICS) <= set(runs[0].data.metrics)
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").run_id == killed_id
 
-    # A resume refused for other settings leaves the finished run as it was.
-    refused = subprocess.run(train_command(1, model.data_dir, folder, [f"train.epochs={epochs}", "train.lr=0.01"],
-                                           resume=True),
+    assert runs[0].data.tags["checkpoint_dir"] == str(last.parent)
+
+    # A finished run is never resumed (it would be registered twice): refused by its checkpoint
+    # folder, and, should the folder's mark be lost, by its MLflow status; nothing changes.
+    refused = subprocess.run(train_command(1, model.data_dir, folder, [f"train.epochs={epochs + 1}"], resume=True),
                              cwd=folder, env=environment(1), capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "was written for other data or settings" in refused.stderr
-    assert "train.lr: 0.003 in the checkpoint, 0.01 now" in refused.stderr
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"no unfinished run to continue in {last.parent.parent}: 1 finished ({last.parent.name})" in refused.stderr
+    assert "--resume continues only unfinished runs; to train more, start a new run" in refused.stderr
+    (last.parent / "finished.json").unlink()
+    refused = subprocess.run(train_command(1, model.data_dir, folder, [f"train.epochs={epochs + 1}"], resume=True),
+                             cwd=folder, env=environment(1), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"--resume: MLflow run {killed_id} is FINISHED" in refused.stderr
     runs = all_runs(client)
     assert [(r.info.run_id, r.info.status) for r in runs] == [(killed_id, "FINISHED")]
+    assert steps(client, killed_id, "train_loss") == list(range(1, epochs + 1))
     assert [int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")] == [1]

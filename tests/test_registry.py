@@ -45,10 +45,10 @@ def training_run(client: MlflowClient, experiment: str, test_ndcg: float) -> str
     return run_id
 
 
-def register(store, name: str, val_ndcg: float, uri: str | None = None) -> dict:
+def register(store, name: str, val_ndcg: float, uri: str | None = None, dataset: str = "dataset-a") -> dict:
     _, client, experiment = store
     run_id = training_run(client, experiment, val_ndcg - 0.01)
-    return registry.register(client, name, uri or f"runs:/{run_id}/model", run_id, val_ndcg)
+    return registry.register(client, name, uri or f"runs:/{run_id}/model", run_id, val_ndcg, dataset)
 
 
 def aliases(client: MlflowClient, name: str) -> dict[str, int]:
@@ -70,6 +70,58 @@ def test_a_worse_version_is_candidate_only(store, name):
     assert aliases(store[1], name) == {CANDIDATE: 2, CHAMPION: 1}
     register(store, name, 0.30)  # a tie does not move the champion either
     assert aliases(store[1], name) == {CANDIDATE: 3, CHAMPION: 1}
+
+
+def test_the_champion_stays_with_its_dataset(store, name, caplog):
+    """Scores on other validation users are not comparable: another dataset's version, however
+    high it scores, never displaces the champion; a better one of the champion's dataset does."""
+    register(store, name, 0.30, dataset="dataset-a")
+    with caplog.at_level("WARNING", logger="recoder.registry"):
+        other = register(store, name, 0.90, dataset="dataset-b")
+    assert not other["promoted"] and other["dataset"] == "dataset-b"
+    assert other["previous_champion"] == 1 and other["previous_champion_dataset"] == "dataset-a"
+    assert other["decision"].startswith(f"{name} version 2 was trained on dataset dataset-b, the champion (version 1) "
+                                        f"on dataset-a: their scores are not comparable, so the champion stays")
+    assert [r.getMessage() for r in caplog.records] == [other["decision"]]
+    assert aliases(store[1], name) == {CANDIDATE: 2, CHAMPION: 1}
+    assert store[1].get_model_version(name, "2").tags[registry.DATASET_TAG] == "dataset-b"
+
+    worse = register(store, name, 0.29, dataset="dataset-a")
+    assert not worse["promoted"] and "does not beat the champion (version 1) on dataset dataset-a" in worse["decision"]
+    better = register(store, name, 0.31, dataset="dataset-a")
+    assert better["promoted"] and better["decision"] == (f"{name} version 4 beats the champion (version 1) on dataset "
+                                                         f"dataset-a: validation NDCG@100 0.3100 vs 0.3000")
+    assert aliases(store[1], name) == {CANDIDATE: 4, CHAMPION: 4}
+    assert [row["dataset"] for row in registry.versions(store[1], name)] == ["dataset-a", "dataset-b", "dataset-a",
+                                                                             "dataset-a"]
+
+
+def test_a_champion_without_a_recorded_dataset_is_not_displaced(store, name):
+    """A champion registered before versions recorded their dataset: nothing to compare with."""
+    _, client, experiment = store
+    run_id = training_run(client, experiment, 0.1)
+    client.create_registered_model(name)
+    legacy = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id,
+                                         tags={registry.SCORE_TAG: "0.100000"})
+    client.set_registered_model_alias(name, CHAMPION, legacy.version)
+    result = register(store, name, 0.5)
+    assert not result["promoted"] and "the champion (version 1) on an unrecorded dataset" in result["decision"]
+    assert aliases(store[1], name) == {CANDIDATE: 2, CHAMPION: 1}
+
+
+@pytest.mark.parametrize("quoted", ["o'brien", 'say "hi"', """it's "quoted" """.strip(), "50%_off'"])
+def test_quotes_in_a_model_name_do_not_break_the_cli(store, quoted):
+    """MLflow's filter strings have no escape for quotes; every command still finds the versions."""
+    register(store, quoted, 0.30)
+    register(store, quoted, 0.20)
+    register(store, quoted.replace("'", "x").replace('"', "x"), 0.40)  # a name the LIKE fallback also matches
+    code, out, err = cli(store, "--name", quoted, "list")
+    assert code == 0, err
+    assert [(row["version"], row["aliases"]) for row in json.loads(out)] == [(1, [CHAMPION]), (2, [CANDIDATE])]
+    code, out, err = cli(store, "--name", quoted, "lineage", "2")
+    assert code == 0 and json.loads(out)["version"] == 2, err
+    code, _, err = cli(store, "--name", quoted, "promote", "3")
+    assert code == 2 and f"model {quoted!r} has no version 3; versions: [1, 2]" in err
 
 
 def test_a_better_version_takes_champion(store, name):
