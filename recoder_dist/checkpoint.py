@@ -42,8 +42,11 @@ def save(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file, then rename: a kill never leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when saving failed
 
 
 def load(path: Path) -> Optional[dict[str, Any]]:

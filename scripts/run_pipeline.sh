@@ -74,8 +74,7 @@ result, data, recs, config, tracking_uri = json.loads(sys.argv[1]), sys.argv[2],
 reg = result["registered"]
 print(f"prepared data    {data}  (manifest: {data}/manifest.json)")
 print(f"MLflow run       {result['mlflow_run_id']}  in {tracking_uri}, experiment '{config.mlflow.experiment}'")
-print(f"registered model models:/{reg['name']}/{reg['version']}  alias candidate"
-      + (", promoted to champion" if reg["promoted"] else f"; champion stays version {reg['previous_champion']}"))
+print(f"registered model models:/{reg['name']}/{reg['version']}  alias candidate: {reg['decision']}")
 print(f"recommendations  {recs}/recommendations  (top-100 for every test user)")
 print("test metrics     " + "  ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))
 print(f"MLflow UI        .venv/bin/mlflow ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)")

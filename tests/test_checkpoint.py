@@ -84,6 +84,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
         checkpoint.save(path, {"epoch": 2, "weights": torch.zeros(1000)})
     state = checkpoint.load(path)
     assert state["epoch"] == 1 and torch.equal(state["weights"], torch.ones(1000))
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.LAST]  # the torn temporary file is gone
 
 
 def identity(*overrides: str, ranks: int = 2) -> dict:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from _data import (MLFLOW_TRAIN, MODEL_NAME, environment, mlflow_store, original_histories, registered_model,
                    run_folder, stop_process_group, train_command, train_result)
+from _faults import remove
 from pipeline.manifest import dataset_id, read_manifest
 from recoder_dist.config import load_config
 from recoder_dist.recommender import Recommender
@@ -166,7 +167,7 @@ def test_stopped_run_is_killed_and_resume_continues_the_same_run(model, tmp_path
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert f"no unfinished run to continue in {last.parent.parent}: 1 finished ({last.parent.name})" in refused.stderr
     assert "--resume continues only unfinished runs; to train more, start a new run" in refused.stderr
-    (last.parent / "finished.json").unlink()
+    remove(last.parent / "finished.json")
     refused = subprocess.run(train_command(1, model.data_dir, folder, [f"train.epochs={epochs + 1}"], resume=True),
                              cwd=folder, env=environment(1), capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2, refused.stderr[-3000:]
