@@ -52,6 +52,7 @@ def main() -> int:
     result = fit(config, args.data, workers, resume=args.resume_from or args.resume,
                  on_epoch_end=lambda epoch, model, record: digests.__setitem__(epoch, digest(model)))
     report = {"rank": workers.rank, "size": workers.size, "digests": digests,
+              "checkpoint_dir": config.train.checkpoint_dir,
               "result": {**asdict(result), "best_checkpoint": str(result.best_checkpoint)}}
     Path(args.out, f"rank-{workers.rank}.json").write_text(json.dumps(report))
     return 0

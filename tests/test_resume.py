@@ -13,6 +13,7 @@ import psutil
 import pytest
 import torch
 from _data import GLOBAL_BATCH, ROOT, TRAIN, command, environment, prepared_dataset, run_folder, train
+from _faults import corrupt
 
 from recoder_dist import checkpoint
 
@@ -72,9 +73,15 @@ def interrupted(data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rank1_checkpoints(tmp_path_factory):
-    """Rank 1's train.checkpoint_dir: another folder, empty, as on a host that does not see rank 0's disk."""
-    return tmp_path_factory.getbasetemp() / "rank1-checkpoints"
+def rank1_checkpoints(tmp_path_factory, interrupted):
+    """Rank 1's train.checkpoint_dir: another folder, as on a host that does not see rank 0's
+    disk, holding a stale copy of the run with its checkpoints corrupted (rank 1 must not read it)."""
+    _, _, copy = interrupted
+    folder = tmp_path_factory.getbasetemp() / "rank1-checkpoints"
+    stale = shutil.copytree(copy, folder / copy.name)
+    for name in (checkpoint.LAST, checkpoint.BEST):
+        corrupt(stale / name, length=4096)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +98,13 @@ def test_killed_mid_run(interrupted):
 
 
 def test_resume_reads_rank_0s_folder_only_and_continues_that_run(resumed, interrupted, rank1_checkpoints):
-    run_dir, _, _ = interrupted
+    run_dir, _, copy = interrupted
+    assert [r["checkpoint_dir"] for r in resumed.reports] == [str(run_dir.parent), str(rank1_checkpoints)]
     assert [r["result"]["best_checkpoint"] for r in resumed.reports] == [str(run_dir / checkpoint.BEST)] * RANKS
     assert checkpoint.is_finished(run_dir)
-    assert not rank1_checkpoints.exists()  # rank 1 neither read nor wrote a checkpoint folder
+    # rank 1 neither read (its copies are corrupt) nor wrote its own folder
+    assert sorted(p.relative_to(rank1_checkpoints) for p in rank1_checkpoints.rglob("*")) == \
+        sorted(p.relative_to(copy.parent) for p in copy.parent.rglob("*"))
 
 
 def test_resumed_run_ends_where_an_uninterrupted_one_does(resumed, reference, interrupted):
