@@ -18,6 +18,7 @@ from pipeline.manifest import DatasetError  # noqa: E402
 from pipeline.sources import FORMATS, InputError  # noqa: E402
 from pipeline.spark import start_job_logging  # noqa: E402
 from recoder_dist.config import ConfigError, load_config  # noqa: E402
+from recoder_dist.mlflow_uri import resolve_tracking_uri  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         if args.k < 1:
             raise ValueError(f"--k must be >= 1 (recommendations per user), got {args.k}")
-        tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri
+        tracking_uri = resolve_tracking_uri(args.tracking_uri, os.environ, config.mlflow.tracking_uri)
         from pipeline import recommend
         from pipeline.output import check_output
         inputs = [args.data or args.histories]
@@ -78,6 +79,7 @@ def download_model(model_uri: str, tracking_uri: str) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
+    from recoder_dist.mlflow_uri import mask
     from recoder_dist.registry import resolve
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -87,7 +89,7 @@ def download_model(model_uri: str, tracking_uri: str) -> str:
     try:
         return mlflow.artifacts.download_artifacts(model_uri)
     except MlflowException as error:
-        raise LookupError(f"cannot load {model_uri} from {tracking_uri}: {error.message}") from None
+        raise LookupError(f"cannot load {model_uri} from {mask(tracking_uri)}: {error.message}") from None
 
 
 if __name__ == "__main__":

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Iterable
 
+import pyarrow.parquet as pq
+
+log = logging.getLogger("recoder.manifest")
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+TABLES = ("items", "users", "train", "validation", "test")  # the folders the manifest's ``files`` lists
 
 
 class DatasetError(ValueError):
@@ -63,3 +68,47 @@ def dataset_id(manifest: dict[str, Any]) -> str:
     settings = {k: v for k, v in manifest["config"].items() if k not in LAYOUT_SETTINGS}
     payload = json.dumps({"input": manifest["source"].get("fingerprint", ""), "prepare": settings}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def part_files(directory: Path) -> list[dict[str, Any]]:
+    """Every Parquet part file of the dataset's tables: path (relative), rows and bytes, for the manifest."""
+    directory = Path(directory)
+    return [{"path": str(f.relative_to(directory)), "rows": pq.ParquetFile(f).metadata.num_rows,
+             "bytes": f.stat().st_size}
+            for table in TABLES for f in sorted((directory / table).glob("*.parquet"))]
+
+
+def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Check the part files against the manifest (present, same size, same rows, none extra);
+    raises :class:`DatasetError` naming every file that is wrong. A manifest of an older
+    prepare job lists no files: that is warned about, not refused (its data may be fine)."""
+    directory = Path(str(directory).removeprefix("file://"))
+    listed = manifest.get("files")
+    if listed is None:
+        log.warning("%s: the manifest lists no part files (prepared by an older version), so missing or "
+                    "truncated files cannot be detected; prepare the data again to get this check", directory)
+        return
+    problems = []
+    for entry in listed:
+        path = directory / entry["path"]
+        if not path.is_file():
+            problems.append(f"{entry['path']} is missing")
+            continue
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            problems.append(f"{entry['path']} has {size} bytes, the manifest says {entry['bytes']} (truncated or changed)")
+            continue
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except Exception as error:  # pyarrow raises several types for a damaged footer
+            problems.append(f"{entry['path']} is not readable Parquet ({error})")
+            continue
+        if rows != entry["rows"]:
+            problems.append(f"{entry['path']} has {rows} rows, the manifest says {entry['rows']}")
+    known = {entry["path"] for entry in listed}
+    problems += [f"{extra} is not in the manifest" for extra in
+                 (str(f.relative_to(directory)) for t in TABLES for f in sorted((directory / t).glob("*.parquet")))
+                 if extra not in known]
+    if problems:
+        raise DatasetError(f"{directory} does not match its manifest: {'; '.join(problems)}. Restore the files "
+                           f"or prepare the data again with --overwrite")

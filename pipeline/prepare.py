@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from pipeline import transform
 from pipeline.output import check_output, staged
-from pipeline.manifest import SCHEMA_VERSION, fingerprint, write_manifest
+from pipeline.manifest import SCHEMA_VERSION, fingerprint, part_files, write_manifest
 from pipeline.sources import InputError, read_interactions, resolve_layout
 from recoder_dist.config import PrepareConfig
 
@@ -48,6 +48,7 @@ def prepare(spark: SparkSession, input_path: str, output: str, fmt: str,
         manifest = _build(spark, layout, tmp, config)
         manifest["source"].update(path=str(Path(input_path).resolve()), format=layout.source_format,
                                   fingerprint=fingerprint(layout.paths))
+        manifest["files"] = part_files(tmp)
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_manifest(tmp, manifest)
     log.info("wrote %s in %.1f s", out, manifest["seconds"])

@@ -15,7 +15,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.manifest import read_manifest
+from pipeline.manifest import read_manifest, verify_files
 from pipeline.output import check_output, staged
 from pipeline.sources import Layout, read_interactions
 from pipeline.transform import SPLITS
@@ -28,7 +28,7 @@ KIND = "recommendations"  # what the output marker says this job wrote (pipeline
 
 def split_histories(spark: SparkSession, data_dir: str, split: str) -> DataFrame:
     """``user_id, items`` (original ids) of a prepared split; held-out splits give their fold-in items."""
-    read_manifest(data_dir)
+    verify_files(data_dir, read_manifest(data_dir))
     root = Path(data_dir).resolve()
     if split not in SPLITS or not (root / split).is_dir():
         raise ValueError(f"{data_dir} has no split {split!r}; choose train, validation or test")

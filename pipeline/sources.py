@@ -136,14 +136,16 @@ def read_interactions(spark: SparkSession, layout: Layout) -> DataFrame:
         shown = sorted(columns - {CORRUPT})
         raise InputError(f"{layout.paths[0]}: missing column(s) {missing}; the input has {shown}. "
                          f"Set prepare.user_col/item_col/value_col/timestamp_col (value/timestamp may be null).")
-    user = F.trim(F.col(f"`{layout.user_col}`").cast("string"))
-    item = F.trim(F.col(f"`{layout.item_col}`").cast("string"))
+    types = dict(raw.dtypes)
+    user = _id_text(F.col(f"`{layout.user_col}`"), types[layout.user_col])
+    item = _id_text(F.col(f"`{layout.item_col}`"), types[layout.item_col])
     value_raw = F.col(f"`{layout.value_col}`") if layout.value_col else F.lit(1.0)
     value = value_raw.cast("double")
     ts_raw = F.col(f"`{layout.timestamp_col}`") if layout.timestamp_col else F.lit(None)
     timestamp = F.coalesce(ts_raw.cast("double"), F.unix_timestamp(ts_raw.cast("string")).cast("double"))
     corrupt = F.col(CORRUPT) if CORRUPT in columns else F.lit(None).cast("string")
     reason = (F.when(corrupt.isNotNull(), F.lit("malformed_row"))
+              .when(_not_utf8(user) | _not_utf8(item), F.lit("id_not_utf8"))
               .when(user.isNull() | (user == ""), F.lit("missing_user"))
               .when(item.isNull() | (item == ""), F.lit("missing_item"))
               .when(value_raw.isNull(), F.lit("missing_value"))
@@ -155,6 +157,22 @@ def read_interactions(spark: SparkSession, layout: Layout) -> DataFrame:
         user.alias("user_id"), item.alias("item_id"), value.alias("value"), timestamp.alias("timestamp"),
         reason.alias("reject_reason"), F.input_file_name().alias("source_file"),
         _raw_text(raw, layout, corrupt).alias("raw"))
+
+
+def _id_text(column: Column, dtype: str) -> Column:
+    """An id column as trimmed text; integral floats as integers (``10.0`` -> ``"10"``, the id a
+    client sends), NaN as missing. Other types keep Spark's string form."""
+    if dtype in ("float", "double"):
+        integral = (column == F.floor(column)) & (F.abs(column) < 2.0 ** 53)
+        column = (F.when(F.isnan(column), F.lit(None).cast("string"))
+                  .when(integral, column.cast("long").cast("string")).otherwise(column.cast("string")))
+    return F.trim(column.cast("string"))
+
+
+def _not_utf8(text: Column) -> Column:
+    """Whether an id held bytes that are not UTF-8: the CSV reader (and a decode of raw bytes)
+    turns them into U+FFFD, which would merge distinct ids into one."""
+    return F.decode(text.cast("binary"), "UTF-8").contains("\ufffd")
 
 
 def _raw_text(raw: DataFrame, layout: Layout, corrupt: Column) -> Column:

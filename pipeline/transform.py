@@ -85,11 +85,12 @@ def filter_min_counts(pairs: DataFrame, min_user: int, min_item: int, max_rounds
 def split_users(user_ids: pd.Series, validation: float, test: float, seed: int) -> pd.DataFrame:
     """Assign dense ``user_idx`` in a seeded random order and a split to every user.
 
-    ``validation``/``test`` below 1 are fractions of the users, from 1 up counts. The first
+    ``validation``/``test`` below 1 are fractions of the users, from 1 up whole counts; either
+    must give at least one user. The first
     users of the permutation are validation, then test, the rest train (disjoint by design).
     """
     n = len(user_ids)
-    n_val, n_test = _how_many(validation, n), _how_many(test, n)
+    n_val, n_test = _how_many("validation_users", validation, n), _how_many("test_users", test, n)
     if n_val + n_test >= n:
         raise ValueError(f"{n_val} validation + {n_test} test users leave no train users out of {n}; "
                          f"lower prepare.validation_users/test_users")
@@ -101,8 +102,15 @@ def split_users(user_ids: pd.Series, validation: float, test: float, seed: int) 
     return pd.DataFrame({"user_idx": np.arange(n, dtype=np.int64), "user_id": ordered, "split": split})
 
 
-def _how_many(amount: float, n: int) -> int:
-    return int(round(amount * n)) if amount < 1 else int(amount)
+def _how_many(name: str, amount: float, n: int) -> int:
+    """Users for a held-out split: a fraction (rounded) or a whole count; never zero, never truncated."""
+    if amount >= 1 and amount != int(amount):
+        raise ValueError(f"prepare.{name}={amount:g} is neither a fraction in (0, 1) nor a whole count")
+    count = int(round(amount * n)) if amount < 1 else int(amount)
+    if count < 1:
+        raise ValueError(f"prepare.{name}={amount:g} gives {count} of the {n} users: a held-out split needs at "
+                         f"least one user (validation picks the model that is shipped); raise it")
+    return count
 
 
 def index_items(train_pairs: DataFrame) -> DataFrame:

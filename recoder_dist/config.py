@@ -48,7 +48,7 @@ class PrepareConfig:
     min_user_interactions: int = 1
     min_item_interactions: int = 1
     max_filter_rounds: int = 50
-    validation_users: float = 0.1  # < 1: fraction of users; >= 1: a count
+    validation_users: float = 0.1  # in (0, 1): fraction of users (at least one user); >= 1: a whole count
     test_users: float = 0.1
     heldout_fraction: float = 0.2
     max_ranks: int = 64  # train row groups: max_ranks × (1 to row_groups_per_rank) ...
@@ -229,7 +229,9 @@ def validate(config: Config) -> None:
     checks = [
         (p.duplicates in {"sum", "max", "last"}, "prepare.duplicates must be sum, max or last"),
         (0 < p.heldout_fraction < 1, "prepare.heldout_fraction must be in (0, 1)"),
-        (p.validation_users >= 0 and p.test_users >= 0, "prepare.validation_users/test_users must be >= 0"),
+        *[(0 < value < 1 or (value >= 1 and value == int(value)),
+           f"prepare.{name} must be a fraction in (0, 1) or a whole number of users >= 1, got {value:g}")
+          for name, value in (("validation_users", p.validation_users), ("test_users", p.test_users))],
         (p.min_user_interactions >= 1 and p.min_item_interactions >= 1, "minimum counts must be >= 1"),
         (p.max_ranks >= 1 and p.row_groups_per_rank >= 1, "prepare.max_ranks and row_groups_per_rank must be >= 1"),
         (1 <= p.min_rows_per_group <= p.max_rows_per_group,
@@ -240,6 +242,8 @@ def validate(config: Config) -> None:
         (t.dtype in {"float32", "bfloat16"}, "train.dtype must be float32 or bfloat16"),
         (t.batch_size >= 1 and t.epochs >= 1, "train.batch_size and train.epochs must be >= 1"),
         (t.num_neg_samples >= 0, "train.num_neg_samples must be >= 0"),
+        (t.eval_every >= 1, f"train.eval_every must be >= 1 (validate every N epochs), got {t.eval_every}"),
+        (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
         (t.num_sampling_users <= 0 or t.num_sampling_users % t.batch_size == 0,
          "train.num_sampling_users must be a multiple of train.batch_size (or 0: one batch per group)"),
         (config.model.activation in {"tanh", "relu", "sigmoid", "identity", "elu"},

@@ -8,6 +8,7 @@ counted; an empty history gets the most popular items.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -75,6 +76,9 @@ class Recommender:
             row_values = [1.0] * len(history) if values is None or values[row] is None else list(values[row])
             if len(row_values) != len(history):
                 raise ValueError(f"row {row}: {len(history)} items but {len(row_values)} values")
+            bad = next((v for v in row_values if v is None or not math.isfinite(float(v))), "finite")
+            if bad != "finite":
+                raise ValueError(f"row {row}: values must be finite numbers, got {bad!r}")
             known = [(self.index[str(i)], float(v)) for i, v in zip(history, row_values) if str(i) in self.index]
             known = list(dict(known).items())  # a repeated id counts once (its last value)
             unknown.append(len(history) - sum(1 for i in history if str(i) in self.index))
@@ -87,6 +91,7 @@ class Recommender:
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10,
                   values: Optional[Sequence[Sequence[float]]] = None) -> Recommendations:
         """Top-``k`` items not in each history; popular items for empty (or all-unknown) histories."""
+        _check_k(k)
         items, vals, offsets, unknown = self._known(histories, values)
         with torch.no_grad():
             scores = self.model(items, vals, offsets, None)
@@ -100,6 +105,7 @@ class Recommender:
     def similar(self, item_lists: Sequence[Sequence[str]], k: int = 10) -> Recommendations:
         """Top-``k`` items most similar to each row's items (cosine of decoder item vectors,
         summed over the row's known items, which are excluded); popular items when none is known."""
+        _check_k(k)
         vectors = torch.nn.functional.normalize(self.model.item_vectors(), dim=1)
         items, _, offsets, unknown = self._known(item_lists, None)
         lengths = torch.diff(offsets)
@@ -111,7 +117,7 @@ class Recommender:
         return self._top(scores, k, unknown)
 
     def _top(self, scores: torch.Tensor, k: int, unknown: list[int]) -> Recommendations:
-        k = max(0, min(int(k), scores.shape[1]))
+        k = min(k, scores.shape[1])
         top_scores, top_idx = torch.topk(scores, k, dim=1)
         ids, values = [], []
         for row_idx, row_scores in zip(top_idx.numpy(), top_scores.numpy()):
@@ -119,3 +125,8 @@ class Recommender:
             ids.append(self.item_ids[row_idx[finite]].tolist())
             values.append(row_scores[finite].astype(float).tolist())
         return Recommendations(ids, values, unknown)
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1 (recommendations per row), got {k!r}")

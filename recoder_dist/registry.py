@@ -1,4 +1,4 @@
-"""python -m recoder_dist.registry {list,promote,demote,lineage} — the MLflow Model Registry side.
+"""python -m recoder_dist.registry {list,promote,demote,lineage,relog} — the MLflow Model Registry side.
 
 Every finished training run registers a new version (versions are never overwritten) with the
 alias ``candidate``, tagged with the dataset it was trained on (``pipeline.manifest.dataset_id``).
@@ -17,6 +17,9 @@ from typing import Optional
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from recoder_dist.config import ConfigError, load_config
+from recoder_dist.mlflow_uri import mask_values, resolve_tracking_uri
 
 log = logging.getLogger("recoder.registry")
 
@@ -123,18 +126,20 @@ def lineage(client: MlflowClient, name: str, ref: str) -> dict:
     """Run, dataset and config behind a version or alias."""
     version = resolve(client, name, ref)
     run = client.get_run(version.run_id)
-    params = run.data.params
+    params = mask_values(run.data.params)  # runs logged before params were masked
     return {"model": name, "version": int(version.version), "run_id": run.info.run_id,
             "experiment_id": run.info.experiment_id, "status": run.info.status,
             "dataset": {k.removeprefix("data."): v for k, v in params.items() if k.startswith("data.")},
             "config": {k: v for k, v in params.items() if not k.startswith("data.")},
-            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}}
+            "tags": mask_values({k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recoder_dist.registry", description=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the config's mlflow.tracking_uri)")
+    parser.add_argument("--config", help="YAML config whose mlflow.tracking_uri is the default store "
+                                         "(default: conf/default.yaml)")
     parser.add_argument("--name", default="recoder", help="registered model name (default recoder)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="versions with aliases and metrics")
@@ -143,11 +148,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     promote.add_argument("--alias", default=CHAMPION)
     demote = commands.add_parser("demote", help="remove an alias")
     demote.add_argument("alias")
+    relog = commands.add_parser("relog", help="register a version logged with a pickled model (older "
+                                              "recoder-dist) again, loading no pickled code; aliases move to it")
+    relog.add_argument("version", help="version number")
     show = commands.add_parser("lineage", help="run, dataset and config of a version or alias")
     show.add_argument("ref", help="version number or alias")
     args = parser.parse_args(argv)
 
-    client = MlflowClient(tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    try:
+        configured = load_config(args.config).mlflow.tracking_uri
+    except ConfigError as error:
+        print(f"registry: error: {error}", file=sys.stderr)
+        return 2
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, os.environ, configured)
+    client = MlflowClient(tracking_uri=tracking_uri)
     try:
         if args.command == "list":
             require_model(client, args.name)
@@ -160,9 +174,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             resolve(client, args.name, args.alias)
             client.delete_registered_model_alias(args.name, args.alias)
             output = {"name": args.name, "removed_alias": args.alias}
+        elif args.command == "relog":
+            from recoder_dist.mlflow_model import relog_pickled
+            resolve(client, args.name, args.version)
+            output = relog_pickled(tracking_uri, args.name, args.version)
         else:
             output = lineage(client, args.name, args.ref)
-    except (LookupError, MlflowException) as error:
+    except (LookupError, MlflowException, ValueError) as error:
         message = error.message if isinstance(error, MlflowException) else str(error)
         print(f"registry: error: {message}", file=sys.stderr)
         return 2

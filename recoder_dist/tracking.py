@@ -6,6 +6,7 @@ run (its id is kept in the checkpoint); a crashed run is marked FAILED, one stop
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.manifest import dataset_id
 from recoder_dist.checkpoint import CONTINUE_FINISHED, ResumeError
 from recoder_dist.config import Config, MlflowConfig, dumps
+from recoder_dist.mlflow_uri import mask
 from recoder_dist.recommender import Recommender
 from recoder_dist import mlflow_model, registry
 
@@ -58,7 +60,7 @@ class MlflowTracker:
         if run_id is not None:
             self._backfill(history)
         else:
-            mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
+            mlflow.log_params(run_params(config))
             mlflow.log_params({
                 "data.path": str(Path(data_dir).resolve()), "data.fingerprint": manifest["source"].get("fingerprint"),
                 "data.dataset_id": dataset_id(manifest),
@@ -86,7 +88,7 @@ class MlflowTracker:
         mlflow.log_metric("best_epoch", result.best_epoch)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
-            (out / "config.yaml").write_text(dumps(self.config))
+            (out / "config.yaml").write_text(dumps(shown(self.config)))
             (out / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
             (out / "test_metrics.json").write_text(json.dumps(result.test, indent=2))
             plot_curves(result.history, out / "training_curves.png")
@@ -132,6 +134,19 @@ def _resumable_status(tracking_uri: str, run_id: str) -> str:
     if run.info.status == "FINISHED":
         raise ResumeError(f"--resume: MLflow run {run_id} is FINISHED. {CONTINUE_FINISHED}")
     return run.info.status
+
+
+def run_params(config: Config) -> dict[str, str]:
+    """The resolved config as MLflow params (``section.key``), credentials masked."""
+    return {k: _param(v) for k, v in shown(config).flat().items()}
+
+
+def shown(config: Config) -> Config:
+    """A copy of ``config`` fit to record or print: store URIs with their passwords masked."""
+    copy = dataclasses.replace(config, mlflow=dataclasses.replace(config.mlflow))
+    copy.mlflow.tracking_uri = mask(config.mlflow.tracking_uri)
+    copy.mlflow.artifact_location = mask(config.mlflow.artifact_location)
+    return copy
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.manifest import DatasetError, read_manifest
 from recoder_dist import checkpoint
 from recoder_dist.config import ConfigError, load_config
+from recoder_dist.mlflow_uri import resolve_tracking_uri
 
 
 class Stopped(SystemExit):
@@ -61,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     resume = bool(args.resume or args.resume_from)
     try:
         config = load_config(args.config, args.overrides)
-        if "MLFLOW_TRACKING_URI" in os.environ and not any(o.startswith("mlflow.tracking_uri=") for o in args.overrides):
-            config.mlflow.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
+        explicit = any(o.startswith("mlflow.tracking_uri=") for o in args.overrides)  # the command line wins
+        config.mlflow.tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri if explicit else None,
+                                                          os.environ, config.mlflow.tracking_uri)
         if workers.is_root and resume:  # rank 0 alone reads checkpoints; fit sends the others what they need
             resume = checkpoint.resume_target(Path(config.train.checkpoint_dir), args.resume_from) or False
         if workers.is_root and config.mlflow.enabled:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.manifest import DatasetError, read_manifest
+from pipeline.manifest import DatasetError, read_manifest, verify_files
 from recoder_dist import checkpoint
 from recoder_dist.allocator import reuse_freed_memory
 from recoder_dist.config import Config, TrainConfig
@@ -222,6 +222,7 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
     """
     t = config.train
     manifest = read_manifest(data_dir)
+    verify_files(data_dir, manifest)  # a lost or torn part file would silently train on fewer users
     num_items = int(manifest["num_items"])
     n_train = int(manifest["num_users"]["train"])
     groups = manifest["row_groups"]["train"]

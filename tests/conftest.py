@@ -80,11 +80,13 @@ def assert_prepared(out: Path) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from pipeline.manifest import read_manifest
+    from pipeline.manifest import read_manifest, verify_files
     from pipeline.transform import num_row_groups
 
     out = Path(out)
     manifest = read_manifest(out)
+    verify_files(out, manifest)
+    assert {Path(f["path"]).parent.name for f in manifest["files"]} == {"items", "users", "train", "validation", "test"}
     contract = _contract()
     tables = {}
     for name, columns in contract.items():

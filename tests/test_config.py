@@ -94,6 +94,10 @@ def test_parse_overrides_nests_sections():
     ("prepare.heldout_fraction=1", "prepare.heldout_fraction must be in"),
     ("train.num_sampling_users=150", "train.num_sampling_users must be a multiple of train.batch_size"),
     ("train.mse_form=sparse", "train.mse_form must be gramian or dense"),
+    ("prepare.validation_users=0", "prepare.validation_users must be a fraction in (0, 1) or a whole number of users >= 1, got 0"),
+    ("prepare.test_users=-0.1", "prepare.test_users must be a fraction in (0, 1) or a whole number"),
+    ("prepare.validation_users=2.5", "prepare.validation_users must be a fraction in (0, 1) or a whole number of users >= 1, got 2.5"),
+    ("train.eval_every=0", "train.eval_every must be >= 1 (validate every N epochs), got 0"),
     ("trainlr=1", "must look like section.key=value"),
     ("train.lr", "must look like section.key=value"),
 ])

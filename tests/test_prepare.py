@@ -300,3 +300,16 @@ def test_manifest_records_the_config(handmade):
                                                            ("rating_threshold", "min_user_interactions",
                                                             "max_ranks", "max_rows_per_group")}}
     assert replace(SMALL) == PrepareConfig(**manifest["config"])
+
+
+def test_ids_that_are_not_utf8_are_rejected_with_a_reason_not_merged(spark, tmp_path):
+    """Two users whose ids differ only in invalid bytes: U+FFFD would make them one (a duplicate)."""
+    good = "".join(f"{line}\n" for line in ["user_id,item_id,rating,timestamp", *GOOD]).encode()
+    source = tmp_path / "in.csv"
+    source.write_bytes(good + b"u\xff9,i1,5,1\nu\xfe9,i1,5,2\n")
+    manifest = prepare(spark, str(source), str(tmp_path / "out"), "auto", SMALL)
+    dropped = manifest["interactions"]["dropped"]
+    assert dropped["id_not_utf8"] == 2 and dropped["duplicate_merged"] == 0
+    rejected = pq.read_table(tmp_path / "out" / "rejected").to_pandas()
+    assert rejected["reject_reason"].tolist() == ["id_not_utf8", "id_not_utf8"]
+    assert manifest["interactions"]["input"] == len(GOOD) + 2

@@ -73,8 +73,17 @@ def test_k_is_respected(recommender):
     assert [len(r) for r in recommender.recommend([["a"], []], k=2).items] == [2, 2]
     assert recommender.recommend([["a", "b"]], k=10).items == [model_ranking(recommender, ["a", "b"])]
     assert len(recommender.recommend([["a", "b"]], k=10).items[0]) == 3  # all unseen items, no more
-    assert recommender.recommend([["a"]], k=0).items == [[]]
     assert recommender.recommend([ITEMS], k=5).items == [[]]
+    for k in (0, -1, 2.5, True):
+        for method in (recommender.recommend, recommender.similar):
+            with pytest.raises(ValueError, match=f"k must be an integer >= 1 .*, got {k!r}"):
+                method([["a"]], k=k)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), None])
+def test_values_must_be_finite(recommender, bad):
+    with pytest.raises(ValueError, match=rf"row 1: values must be finite numbers, got {bad!r}"):
+        recommender.recommend([["a"], ["a", "c"]], k=2, values=[[1.0], [1.0, bad]])
 
 
 def test_values_are_optional(recommender):

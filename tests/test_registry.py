@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -198,3 +199,40 @@ def test_cli_bad_lookups_exit_2_naming_what_exists(store, name, args, needle, ex
     assert needle.format(name=name) in err and existing.format(name=name) in err, err
     assert aliases(store[1], name) == {CANDIDATE: 2, CHAMPION: 1}  # nothing changed
 
+
+def test_cli_reads_the_store_from_the_config_and_the_environment_wins(store, name, tmp_path, monkeypatch):
+    from recoder_dist.config import CONF_DIR
+
+    register(store, name, 0.30)
+    config = tmp_path / "store.yaml"
+    config.write_text(f"base: {CONF_DIR / 'default.yaml'}\nmlflow:\n  tracking_uri: {store[0]}\n")
+    monkeypatch.chdir(tmp_path)  # the default store (sqlite:///mlflow.db) would be created here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = registry.main(["--config", str(config), "--name", name, *args])
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, err = run("list")
+    assert code == 0, err
+    assert [row["version"] for row in json.loads(out)] == [1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    code, _, err = run("list")
+    assert code == 2 and f"no registered model named {name!r}" in err
+
+
+def test_lineage_masks_store_passwords_even_of_runs_logged_unmasked(store, name):
+    _, client, experiment = store
+    secret = "hunter2-pw"
+    run_id = training_run(client, experiment, 0.2)
+    client.log_param(run_id, "mlflow.tracking_uri", f"postgresql://alice:{secret}@db.example/mlflow")
+    client.set_tag(run_id, "store", f"https://alice:{secret}@mlflow.example")
+    registry.register(client, name, f"runs:/{run_id}/model", run_id, 0.3, "data-a")
+    code, out, err = cli(store, "--name", name, "lineage", "champion")
+    assert code == 0, err
+    assert secret not in out
+    shown = json.loads(out)
+    assert shown["config"]["mlflow.tracking_uri"] == "postgresql://alice:***@db.example/mlflow"
+    assert shown["tags"]["store"] == "https://alice:***@mlflow.example"

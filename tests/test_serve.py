@@ -103,8 +103,14 @@ def test_invocations_return_what_the_pyfunc_model_returns(model, server, pyfunc,
     assert [p["unknown_items"] for p in predictions][-2:] == [0, 1]
 
 
-def test_a_bad_request_is_answered_with_a_message(server):
-    status, body = post(f"{server}/invocations", {"dataframe_records": [{"items": ["1"]}],
-                                                  "params": {"k": 5, "task": "nonsense"}})
-    assert status >= 400
-    assert "unknown task 'nonsense'" in json.dumps(body)
+@pytest.mark.parametrize("record, params, message", [
+    ({"items": ["1"]}, {"k": 5, "task": "nonsense"}, "unknown task 'nonsense'; choose one of recommend, similar"),
+    ({"items": ["1"]}, {"k": 0}, "param k must be an integer >= 1 (recommendations per row), got 0"),
+    ({"items": ["1"]}, {"k": -3}, "param k must be an integer >= 1"),
+    ({"items": ["1", "2"], "values": [1.0, float("nan")]}, {"k": 5}, "row 0: values must be finite numbers, got nan"),
+    ({"items": ["1", "2"], "values": [float("inf"), 1.0]}, {"k": 5}, "row 0: values must be finite numbers, got inf"),
+])
+def test_a_bad_request_is_a_400_with_the_models_own_message(server, record, params, message):
+    status, body = post(f"{server}/invocations", {"dataframe_records": [record], "params": params})
+    assert status == 400, body
+    assert message in body["message"] and "unexpected error" not in body["message"]

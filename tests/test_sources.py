@@ -171,3 +171,23 @@ def test_headerless_csv_needs_a_format(spark, tmp_path):
     path = write_lines(tmp_path / "x.csv", ["1,2,3,4"])
     with pytest.raises(InputError, match="header-less CSV"):
         read(spark, path, csv_header=False)
+
+
+def test_ids_that_are_not_utf8_are_rejected_not_merged(spark, tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"user_id,item_id,rating,timestamp\n"
+                     b"u\xff1,i1,5,1\n"         # two distinct invalid ids that U+FFFD would merge
+                     b"u\xfe1,i1,5,2\n"
+                     b"u2,i\xc3\x281,5,3\n"     # an invalid sequence in an item id
+                     b"u\xc3\xa91,i1,5,4\n")    # valid UTF-8 (u\u00e91): kept
+    frame = read(spark, path)
+    reasons = {r["reject_reason"]: r["count"] for r in frame.groupBy("reject_reason").count().collect()}
+    assert reasons == {None: 1, "id_not_utf8": 3}
+    assert [r[:2] for r in rows(frame) if r[4] is None] == [("u\u00e91", "i1")]
+
+
+def test_integral_float_ids_are_written_as_integers(spark, tmp_path):
+    pd.DataFrame({"user_id": [10.0, 11.0, float("nan"), 2.5, -3.0], "item_id": [1.0, 2.0, 3.0, 4.0, 5.0],
+                  "rating": [5.0] * 5, "timestamp": [1.0] * 5}).to_parquet(tmp_path / "x.parquet")
+    assert {(r[0], r[1], r[4]) for r in rows(read(spark, tmp_path / "x.parquet"))} == {
+        ("10", "1", None), ("11", "2", None), (None, "3", "missing_user"), ("2.5", "4", None), ("-3", "5", None)}

@@ -135,7 +135,17 @@ def test_split_users_is_seeded_and_ignores_input_order():
 def test_split_users_needs_train_users():
     with pytest.raises(ValueError, match="5 validation \\+ 5 test users leave no train users out of 10"):
         transform.split_users(USERS[:10], 5, 5, seed=0)
-    assert transform.split_users(USERS[:10], 0, 0, seed=0)["split"].eq("train").all()
+
+
+
+@pytest.mark.parametrize("validation, test, message", [
+    (0, 5, "prepare.validation_users=0 gives 0 of the 100 users: a held-out split needs at least one user"),
+    (5, 0.001, "prepare.test_users=0.001 gives 0 of the 100 users"),
+    (2.5, 5, "prepare.validation_users=2.5 is neither a fraction in .0, 1. nor a whole count"),
+])
+def test_split_users_refuses_empty_or_fractional_counts(validation, test, message):
+    with pytest.raises(ValueError, match=message):
+        transform.split_users(USERS, validation, test, seed=0)
 
 
 # --- index_items ----------------------------------------------------------------------------
