@@ -1,5 +1,5 @@
 """benchmarks/.venv-recoder/bin/python benchmarks/_recoder.py IN.npz OUT.npz [--epochs N]
-    [--loss multinomial|logistic|mse] [--batch-size 500] [--num-sampling-users 500] [--hidden 200]
+    [--loss multinomial|logistic|mse] [--confidence C] [--batch-size 500] [--num-sampling-users 500] [--hidden 200]
     [--threads T] [--full] [--dense-grad] [--milestones 60,80] [--seed 0] [--data-workers 0]
     [--splits validation,test] [--top-k 100]
 
@@ -33,8 +33,9 @@ decoder scores the union of the group's items; ``--full`` turns it off and score
 catalogue), no learning-rate milestones unless ``--milestones`` is given (the original ML-20M
 script used [60, 80] over 100 epochs), no evaluation during training. ``--loss multinomial`` is
 Recoder's ``'logloss'`` (``MultinomialNLLLoss``), ``logistic`` its ``BCEWithLogitsLoss``, ``mse``
-its ``MSELoss``. Embeddings get sparse gradients (``sparse=True`` → ``torch.optim.SparseAdam``),
-as in Recoder's tutorial, whenever negative sampling is on; ``--dense-grad`` (and ``--full``,
+its ``MSELoss`` (``--confidence`` C: Recoder's ``loss_params={'confidence': C}``, weight
+``1 + C·[x > 0]`` on the positives, as ``train.confidence``). Embeddings get sparse gradients
+(``sparse=True`` → ``torch.optim.SparseAdam``), as in Recoder's tutorial, whenever negative sampling is on; ``--dense-grad`` (and ``--full``,
 where Recoder's sparse path cannot work: with no item subset the embedding weight is used
 directly and its gradient is dense, which SparseAdam rejects) puts them in the dense Adam. Note
 the original's behaviour with sparse gradients: SparseAdam has no weight decay, so weight decay
@@ -130,6 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("target", help="OUT.npz")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--loss", choices=sorted(LOSSES), default="multinomial")
+    parser.add_argument("--confidence", type=float, default=0.0, help="mse only: extra weight of the positives")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--num-sampling-users", type=int, default=500,
                         help="users per negative-sampling group (a multiple of --batch-size)")
@@ -197,7 +199,8 @@ def main(argv=None) -> int:
     model = DynamicAutoencoder(hidden_layers=[args.hidden], activation_type="tanh",
                                noise_prob=args.noise, sparse=sparse_grad)
     recoder = Recoder(model=model, num_items=n_items, num_users=train.shape[0], optimizer_type="adam",
-                      loss=LOSSES[args.loss], use_cuda=False)
+                      loss=LOSSES[args.loss], use_cuda=False,
+                      loss_params={"confidence": args.confidence} if args.loss == "mse" else None)
 
     # one timestamp per epoch: Recoder._train calls self.model.train() at the start of each epoch
     marks: list = []
@@ -228,7 +231,7 @@ def main(argv=None) -> int:
     score_s = time.perf_counter() - started
 
     config = {"recoder": RECODER_VERSION, "torch": torch.__version__, "loss": args.loss,
-              "recoder_loss": LOSSES[args.loss], "hidden_layers": [args.hidden], "activation": "tanh",
+              "recoder_loss": LOSSES[args.loss], "confidence": args.confidence, "hidden_layers": [args.hidden], "activation": "tanh",
               "noise_prob": args.noise, "optimizer": "adam", "lr": args.lr, "weight_decay": args.weight_decay,
               "batch_size": args.batch_size, "num_sampling_users": args.num_sampling_users,
               "negative_sampling": negative_sampling, "sparse_gradients": sparse_grad,
