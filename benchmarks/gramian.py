@@ -66,12 +66,13 @@ from recoder_dist.losses import get_loss  # noqa: E402
 CORES = os.cpu_count() or 1
 SIZES = {"ml-1m": SyntheticConfig(num_users=6040, num_items=3706, mean_interactions=165.6, num_factors=16, seed=7),
          "ml-20m": SyntheticConfig(num_users=138493, num_items=26744, mean_interactions=144.4, num_factors=16,
-                                   seed=7)}
+                                   seed=7),
+         "tiny": SyntheticConfig(num_users=1500, num_items=400, mean_interactions=30, num_factors=8, seed=7)}  # smoke run
 SETTINGS = ["train.loss=mse", "train.confidence=3", "train.batch_size=500", "train.num_sampling_users=500",
             "model.hidden_sizes=[200]", "model.input_dropout=0.5", "train.lr=0.001", "train.weight_decay=0.00002",
             "train.milestones=[1000]", "mlflow.enabled=false"]
-VARIANTS = {"dense MSE, union": ("dense", False), "Gramian MSE, union": ("gramian", False),
-            "dense MSE, full": ("dense", True), "Gramian MSE, full": ("gramian", True)}
+VARIANTS = {"dense MSE union": ("dense", False), "Gramian MSE union": ("gramian", False),
+            "dense MSE full": ("dense", True), "Gramian MSE full": ("gramian", True)}
 RECODER_PYTHON = ROOT / "benchmarks" / ".venv-recoder" / "bin" / "python"
 
 
@@ -255,8 +256,8 @@ def train_original(data: Data, full: bool, epochs: int, work: Path) -> Optional[
             **ranked_quality(out["test_top"], data)}
 
 
-QUALITY_VARIANTS = {"today's MSE (dense, union)": ("dense", False), "Gramian MSE, union": ("gramian", False),
-                    "Gramian MSE, full": ("gramian", True)}
+QUALITY_VARIANTS = {"today's MSE (dense union)": ("dense", False), "Gramian MSE union": ("gramian", False),
+                    "Gramian MSE full": ("gramian", True)}
 
 
 def quality_section(seeds: int, epochs: int) -> dict:
@@ -289,7 +290,7 @@ def table(header, rows) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="ml-1m,ml-20m")
+    parser.add_argument("--sizes", default="ml-1m,ml-20m", help="of ml-1m, ml-20m, tiny (a seconds-long smoke run)")
     parser.add_argument("--epochs", default="10,1", help="epochs per size, in --sizes order")
     parser.add_argument("--no-baseline", action="store_true", help="leave the original Recoder out")
     parser.add_argument("--isa", choices=["native", "avx2"], default="native")
@@ -315,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         runs = {}
         with tempfile.TemporaryDirectory(prefix="gramian-bench-") as work:
             for full in (False, True):
-                label = f"original Recoder 0.4.0 MSE, {'full' if full else 'union'}"
+                label = f"original Recoder 0.4.0 MSE {'full' if full else 'union'}"
                 if baseline and (full is False or size == "ml-1m"):  # its full mode at ML-20M: ~B × 27K dense
                     runs[label] = train_original(data, full, epochs, Path(work))
                     if runs[label]:
@@ -324,11 +325,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             form, full = VARIANTS[label]
             runs[label] = train_ours(data, form, full, epochs)
             print(f"  {label}: {runs[label]}", flush=True)
-        reference = runs.get("original Recoder 0.4.0 MSE, union") or runs["dense MSE, union"]
+        reference_label = "original Recoder 0.4.0 MSE union" if runs.get("original Recoder 0.4.0 MSE union") \
+            else variants[0]
+        reference = runs[reference_label]
         rows = [(label, f"{r['epoch_s']:.2f}", f"{r['step_ms']:.1f}", f"{r['users_per_s']:,.0f}",
                  f"**{r['users_per_s'] / reference['users_per_s']:.2f}**", f"{r['recall_at_20']:.4f}",
                  f"{r['ndcg_at_100']:.4f}") for label, r in runs.items() if r]
-        print(table(["variant", "s/epoch", "ms/step", "users/s", "÷ " + ("original union" if "original Recoder 0.4.0 MSE, union" in runs and runs["original Recoder 0.4.0 MSE, union"] else "dense union"),
+        print(table(["variant", "s/epoch", "ms/step", "users/s", f"÷ {reference_label}",
                      "Recall@20", "NDCG@100"], rows), flush=True)
         splits = {label: step_split(data, *VARIANTS[label], args.split_steps) for label in variants}
         phases = list(next(iter(splits.values())))
