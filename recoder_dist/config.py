@@ -83,8 +83,12 @@ class TrainConfig:
     epochs: int = 100
     lr: float = 1e-3
     weight_decay: float = 2e-5
+    lr_schedule: str = "step"  # step (milestones, gamma) | warmup_cosine (warmup_epochs, lr_floor); recoder_dist.schedule
     milestones: list = field(default_factory=lambda: [60, 80])
     gamma: float = 0.1
+    warmup_epochs: int = 0  # warmup_cosine: epochs of linear warm-up before the cosine
+    lr_floor: float = 0.0  # warmup_cosine: the last epochs' rate, as a fraction of lr
+    patience: int = 0  # stop after this many evaluations without a better validation NDCG@100; 0: never
     grad_exchange: str = "dense"  # dense | sparse | sync_union
     dtype: str = "float32"  # float32 | bfloat16 (autocast)
     eval_every: int = 1
@@ -241,6 +245,10 @@ def validate(config: Config) -> None:
         (t.grad_exchange in {"dense", "sparse", "sync_union"}, "train.grad_exchange must be dense, sparse or sync_union"),
         (t.dtype in {"float32", "bfloat16"}, "train.dtype must be float32 or bfloat16"),
         (t.batch_size >= 1 and t.epochs >= 1, "train.batch_size and train.epochs must be >= 1"),
+        (t.lr_schedule in {"step", "warmup_cosine"}, "train.lr_schedule must be step or warmup_cosine"),
+        (t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
+        (0.0 <= t.lr_floor <= 1.0, "train.lr_floor must be in [0, 1] (a fraction of train.lr)"),
+        (t.patience >= 0, "train.patience must be >= 0 (0: no early stopping)"),
         (t.num_neg_samples >= 0, "train.num_neg_samples must be >= 0"),
         (t.eval_every >= 1, f"train.eval_every must be >= 1 (validate every N epochs), got {t.eval_every}"),
         (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),

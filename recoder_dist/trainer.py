@@ -27,6 +27,7 @@ from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
 from recoder_dist.feed import prefetch, read_heldout, train_rows
 from recoder_dist.losses import HiddenLossFn, LossFn, get_hidden_loss, get_loss
 from recoder_dist.models import RecoderAutoencoder
+from recoder_dist.schedule import evaluations_since_best, lr_scheduler, should_stop
 from recoder_dist.sampling import Batch, make_batches, retarget
 
 log = logging.getLogger("recoder.train")
@@ -42,13 +43,14 @@ class Tracker(Protocol):
 class TrainResult:
     """What a finished run produced."""
 
-    epochs: int
+    epochs: int  # trained (fewer than train.epochs when early stopping ended the run)
     steps_per_epoch: int
     best_epoch: int
     best_validation: dict[str, float]
     test: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     best_checkpoint: Optional[Path] = None
+    stopped_early: bool = False
 
 
 def build_model(num_items: int, config: Config) -> RecoderAutoencoder:
@@ -89,7 +91,7 @@ def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, nu
 
 # Settings that cannot change the weights a run produces: a resume may change them freely.
 NOT_IDENTITY = frozenset({"epochs", "checkpoint_dir", "threads", "reader_pool", "reader_workers", "eval_every",
-                          "eval_batch_size"})
+                          "eval_batch_size", "patience"})
 
 
 def _identity(config: Config, manifest: dict, ranks: int) -> dict[str, Any]:
@@ -200,6 +202,18 @@ def _train_epoch(step: Step, stream: Iterator[Batch], steps: int, epoch: int) ->
             "epoch_s": seconds, "target_size": float(totals[2] / (steps * workers.size))}
 
 
+def _stops_early(history: list[dict], best: dict, patience: int, workers: Workers) -> bool:
+    """Whether the run ends here by ``train.patience`` (also right after a resume from a run that
+    had already stopped: the count comes from the checkpointed history). Rank 0 decides, on the
+    metrics already summed over ranks, and every rank follows, so all stop after the same epoch."""
+    stop = should_stop(history, int(best["epoch"]), patience)
+    stop = bool(workers.broadcast_object(stop, "early_stop")) if patience > 0 else False
+    if stop and workers.is_root:
+        log.info("early stopping: validation NDCG@100 has not improved for %d evaluations since epoch %d (%.4f)",
+                 evaluations_since_best(history, int(best["epoch"])), best["epoch"], best["ndcg_at_100"])
+    return stop
+
+
 def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str, Path] = False,
         tracker: Optional[Tracker] = None, run_state: Optional[dict] = None,
         on_epoch_end: Optional[Callable[[int, torch.nn.Module, dict], None]] = None) -> TrainResult:
@@ -241,7 +255,7 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
     model = build_model(num_items, config).to(device)
     fused = {"fused": True} if device.type in {"cpu", "cuda"} else {}
     optimizer = torch.optim.Adam(model.parameter_groups(t.weight_decay), lr=t.lr, **fused)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.gamma)
+    scheduler = lr_scheduler(optimizer, t)
     steps = steps_per_epoch(n_train, t.batch_size, workers.size)
     identity = _identity(config, manifest, workers.size)
 
@@ -289,8 +303,12 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
                     autocast, device, hidden_loss(t))
 
         stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, start_epoch), depth=8)
+        stopped = False
         try:
             for epoch in range(start_epoch, t.epochs + 1):
+                if _stops_early(history, best, t.patience, workers):
+                    stopped = True
+                    break
                 record = _train_epoch(step, stream, steps, epoch)
                 scheduler.step()
                 if epoch % t.eval_every == 0 or epoch == t.epochs:
@@ -326,8 +344,10 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
             model.load_state_dict(weights)
         test_rows = read_heldout(data_dir, "test").shard(workers.rank, workers.size)
         test = means(workers.sum(metric_sums(model_scorer(model), test_rows, t.eval_batch_size, device)))
+        trained = history[-1]["epoch"] if history else 0
         if workers.is_root:
-            checkpoint.mark_finished(run_dir, {"epochs": t.epochs, "best_epoch": int(best["epoch"])})
-        return TrainResult(epochs=t.epochs, steps_per_epoch=steps, best_epoch=int(best["epoch"]),
+            checkpoint.mark_finished(run_dir, {"epochs": trained, "best_epoch": int(best["epoch"]),
+                                               "stopped_early": stopped})
+        return TrainResult(epochs=trained, steps_per_epoch=steps, best_epoch=int(best["epoch"]),
                            best_validation={k: best[k] for k in METRICS if k in best}, test=test, history=history,
-                           best_checkpoint=run_dir / checkpoint.BEST)
+                           best_checkpoint=run_dir / checkpoint.BEST, stopped_early=stopped)
