@@ -1,8 +1,23 @@
-"""Everything Horovod: ranks, collectives, and the three ways to exchange item-table gradients.
+"""Ranks and collectives: the one module that knows how the training processes talk.
 
 The rest of the trainer only calls :class:`Workers`; models, sampling, losses and metrics know
-nothing of ranks. Without ``horovodrun`` Horovod initialises a single rank, so the same code
-trains in one process.
+nothing of ranks. :meth:`Workers.start` picks a backend from how the process was launched
+(:func:`launched_by`):
+
+``horovod``
+    under ``horovodrun`` (``HOROVOD_RANK``…) or ``mpirun`` (``OMPI_COMM_WORLD_RANK`` / ``PMI_RANK``):
+    Horovod's collectives (gloo or MPI on CPU, NCCL for GPU tensors when built with it).
+``torchrun``
+    under ``torchrun`` (also what Spark's ``TorchDistributor`` starts: ``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``): ``torch.distributed``
+    with gloo on CPU, NCCL on GPUs.
+``none``
+    one process: every collective is the identity and neither library is initialised (Horovod is
+    not even imported).
+
+Both backends implement the same four primitives (:class:`_Backend`); broadcasts, reductions,
+the target-set union and the three gradient exchanges are written once, over them, in
+:class:`Workers`.
 
 Item tables (encoder embedding rows, decoder rows and biases) are touched only at the batch's
 target items, so their gradients can move in three ways (``train.grad_exchange``):
@@ -19,30 +34,187 @@ target items, so their gradients can move in three ways (``train.grad_exchange``
 """
 from __future__ import annotations
 
+import atexit
 import os
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Protocol
 
-import horovod.torch as hvd
 import torch
 
 EXCHANGES = ("dense", "sparse", "sync_union")
+LAUNCHERS = ("horovod", "torchrun", "none")
+
+_HOROVOD_MARKERS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_by(environ: Mapping[str, str]) -> str:
+    """Which launcher started this process, from its environment: one of :data:`LAUNCHERS`.
+
+    Raises ValueError when the variables are contradictory (both launchers') or incomplete
+    (some of torchrun's but not all), naming them."""
+    horovod = [name for name in _HOROVOD_MARKERS if name in environ]
+    torchrun = [name for name in _TORCHRUN_VARIABLES if name in environ]
+    if horovod and "RANK" in torchrun:
+        raise ValueError(f"both Horovod's ({', '.join(horovod)}) and torchrun's (RANK) variables are set: "
+                         f"launch with horovodrun or with torchrun, not both")
+    if horovod:
+        return "horovod"
+    if "RANK" in torchrun or "WORLD_SIZE" in torchrun:
+        missing = [name for name in _TORCHRUN_VARIABLES if name not in environ]
+        if missing:
+            raise ValueError(f"RANK/WORLD_SIZE are set but not {', '.join(missing)}: start the ranks with "
+                             f"torchrun (or set all of {', '.join(_TORCHRUN_VARIABLES)})")
+        return "torchrun"
+    return "none"
+
+
+class _Backend(Protocol):
+    """The primitives a collective library must provide; every call is made by all ranks in
+    the same order. Tensors may be on any device: a backend moves them where it communicates."""
+
+    def broadcast_(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite each tensor in place with rank 0's."""
+
+    def broadcast_object(self, obj: Any, name: str) -> Any:
+        """Rank 0's picklable object."""
+
+    def allreduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        """A new tensor: the elementwise ``"sum"`` or ``"max"`` over ranks."""
+
+    def average_(self, tensors: list[torch.Tensor]) -> None:
+        """Replace each tensor in place by its mean over ranks, in one grouped exchange."""
+
+    def allgather(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor concatenated over ranks along dim 0, in rank order; the tensors of one
+        call share their first dimension on a rank, which may differ between ranks."""
+
+
+class _Horovod:
+    """The primitives over ``horovod.torch`` (initialised here)."""
+
+    def __init__(self) -> None:
+        import horovod.torch as hvd
+
+        hvd.init()
+        self.hvd = hvd
+        self.place = (hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+
+    def broadcast_(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.hvd.broadcast_parameters(dict(tensors), root_rank=0)
+
+    def broadcast_object(self, obj: Any, name: str) -> Any:
+        # Horovod matches collectives by name (its default is the object's type, which differs
+        # between rank 0's object and the others' None)
+        return self.hvd.broadcast_object(obj, root_rank=0, name=name)
+
+    def allreduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        return self.hvd.allreduce(tensor, op={"sum": self.hvd.Sum, "max": self.hvd.Max}[op])
+
+    def average_(self, tensors: list[torch.Tensor]) -> None:
+        for tensor, reduced in zip(tensors, self.hvd.grouped_allreduce(tensors, op=self.hvd.Average)):
+            tensor.copy_(reduced)
+
+    def allgather(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.hvd.allgather(t) for t in tensors]  # Horovod gathers unequal first dimensions itself
+
+
+class _TorchDistributed:
+    """The primitives over ``torch.distributed`` (the process group initialised here from
+    torchrun's environment): gloo on CPU, NCCL on GPUs."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        rank, size = int(environ["RANK"]), int(environ["WORLD_SIZE"])
+        local_rank, local_size = int(environ["LOCAL_RANK"]), int(environ["LOCAL_WORLD_SIZE"])
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            self.device = torch.device("cuda", local_rank)
+            dist.init_process_group("nccl", rank=rank, world_size=size, device_id=self.device)
+        else:
+            self.device = torch.device("cpu")
+            dist.init_process_group("gloo", rank=rank, world_size=size)
+        atexit.register(dist.destroy_process_group)
+        self.place = (rank, size, local_rank, local_size)
+        self.size = size
+
+    def broadcast_(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        for tensor in tensors.values():
+            moved = tensor.to(self.device)
+            self.dist.broadcast(moved, src=0)
+            if moved is not tensor:
+                tensor.copy_(moved)
+
+    def broadcast_object(self, obj: Any, name: str) -> Any:
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)  # matched by call order; ``name`` is Horovod's
+        return box[0]
+
+    def allreduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        out = tensor.to(self.device, copy=True)
+        self.dist.all_reduce(out, op={"sum": self.dist.ReduceOp.SUM, "max": self.dist.ReduceOp.MAX}[op])
+        return out.to(tensor.device)
+
+    def average_(self, tensors: list[torch.Tensor]) -> None:
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for tensor in tensors:
+            by_dtype.setdefault(tensor.dtype, []).append(tensor)
+        for group in by_dtype.values():  # one flat buffer per dtype: one allreduce, like Horovod's fusion
+            flat = torch.cat([t.reshape(-1).to(self.device) for t in group])
+            self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM)
+            flat.div_(self.size)
+            for tensor, part in zip(group, flat.split([t.numel() for t in group])):
+                tensor.copy_(part.view_as(tensor))
+
+    def allgather(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        # all_gather needs equal shapes: gather the first dimensions, pad to the longest, trim
+        rows = {t.shape[0] for t in tensors}
+        if len(rows) != 1:
+            raise ValueError(f"allgather: tensors of one call must share their first dimension, got {sorted(rows)}")
+        mine = torch.tensor([rows.pop()], dtype=torch.int64, device=self.device)
+        counts = [torch.empty_like(mine) for _ in range(self.size)]
+        self.dist.all_gather(counts, mine)
+        counts = [int(c) for c in counts]
+        longest = max(counts)
+        gathered = []
+        for tensor in tensors:
+            padded = tensor.new_zeros((longest, *tensor.shape[1:]), device=self.device)
+            padded[:tensor.shape[0]] = tensor
+            parts = [torch.empty_like(padded) for _ in range(self.size)]
+            self.dist.all_gather(parts, padded)
+            gathered.append(torch.cat([p[:n] for p, n in zip(parts, counts)]).to(tensor.device))
+        return gathered
 
 
 @dataclass(frozen=True)
 class Workers:
-    """This process's place among the Horovod ranks and the collectives the trainer uses."""
+    """This process's place among the ranks and the collectives the trainer uses.
+
+    ``Workers(rank=0, size=1, local_rank=0, local_size=1)`` is one process (no backend needed);
+    :meth:`start` builds the right one for how the process was launched."""
 
     rank: int
     size: int
     local_rank: int
     local_size: int
+    backend: Optional[_Backend] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.size > 1 and self.backend is None:
+            raise ValueError(f"Workers of {self.size} ranks need a backend: use Workers.start()")
 
     @classmethod
-    def start(cls) -> "Workers":
-        """Initialise Horovod (gloo on CPU, NCCL for GPU tensors when built with it)."""
-        hvd.init()
-        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+    def start(cls, environ: Optional[Mapping[str, str]] = None) -> "Workers":
+        """Join the ranks this process was launched among (see :func:`launched_by`); one
+        process when it was started without horovodrun or torchrun."""
+        environ = os.environ if environ is None else environ
+        launcher = launched_by(environ)
+        if launcher == "none":
+            return cls(0, 1, 0, 1)
+        backend = _Horovod() if launcher == "horovod" else _TorchDistributed(environ)
+        return cls(*backend.place, backend=backend)
 
     @property
     def is_root(self) -> bool:
@@ -61,28 +233,28 @@ class Workers:
         return max(1, (os.cpu_count() or 1) // self.local_size)
 
     def broadcast_model(self, model: torch.nn.Module) -> None:
-        """Make every rank hold rank 0's parameters."""
+        """Make every rank hold rank 0's parameters and buffers."""
         if self.size > 1:
-            hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+            self.backend.broadcast_(model.state_dict())
 
     def broadcast_object(self, obj: Any, name: str) -> Any:
-        """Rank 0's Python object on every rank (``name`` must be the same on all ranks:
-        Horovod matches collectives by name, and its default is the object's type)."""
-        return hvd.broadcast_object(obj, root_rank=0, name=name) if self.size > 1 else obj
+        """Rank 0's Python object on every rank (``name`` must be the same on all ranks)."""
+        return self.backend.broadcast_object(obj, name) if self.size > 1 else obj
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """Elementwise sum over ranks."""
-        return hvd.allreduce(values, op=hvd.Sum) if self.size > 1 else values
+        return self.backend.allreduce(values, "sum") if self.size > 1 else values
 
     def max(self, values: torch.Tensor) -> torch.Tensor:
         """Elementwise maximum over ranks."""
-        return hvd.allreduce(values, op=hvd.Max) if self.size > 1 else values
+        return self.backend.allreduce(values, "max") if self.size > 1 else values
 
     def global_union(self, target_items: torch.Tensor) -> torch.Tensor:
         """Sorted union of every rank's target item ids (``sync_union``)."""
         if self.size == 1:
             return target_items
-        return torch.unique(hvd.allgather(target_items.cpu())).to(target_items.device)
+        gathered, = self.backend.allgather([target_items.cpu()])
+        return torch.unique(gathered).to(target_items.device)
 
     def exchange_gradients(self, model: torch.nn.Module, item_names: set[str], mode: str,
                            target_items: Optional[torch.Tensor]) -> int:
@@ -90,41 +262,37 @@ class Workers:
 
         ``target_items`` are the rows of the item tables this step touched (None: all).
         """
+        if mode not in EXCHANGES:
+            raise ValueError(f"unknown gradient exchange {mode!r}; choose one of {', '.join(EXCHANGES)}")
         if self.size == 1:
             return 0
         named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
-        items = [(n, p) for n, p in named if n in item_names]
+        items = [p for n, p in named if n in item_names]
         dense = [p for n, p in named if n not in item_names]
         if mode == "dense" or target_items is None:
-            dense += [p for _, p in items]
+            dense += items
             items = []
-        sent = _allreduce_average([p.grad for p in dense])
+        sent = self._average([p.grad for p in dense])
         if not items:
             return sent
-        rows = target_items.to(items[0][1].grad.device)
-        if mode == "sync_union":
-            blocks = [p.grad.index_select(0, rows) for _, p in items]
-            sent += _allreduce_average(blocks)
-            for (_, p), block in zip(items, blocks):
+        rows = target_items.to(items[0].grad.device)
+        blocks = [p.grad.index_select(0, rows) for p in items]
+        if mode == "sync_union":  # every rank holds the same rows: average them like dense tensors
+            sent += self._average(blocks)
+            for p, block in zip(items, blocks):
                 p.grad.index_copy_(0, rows, block)
             return sent
-        if mode != "sparse":
-            raise ValueError(f"unknown gradient exchange {mode!r}; choose one of {', '.join(EXCHANGES)}")
-        all_rows = hvd.allgather(rows)
-        for _, p in items:
-            block = p.grad.index_select(0, rows)
-            gathered = hvd.allgather(block)
+        all_rows, *gathered = self.backend.allgather([rows, *blocks])  # sparse: each rank's own rows
+        for p, block, received in zip(items, blocks, gathered):
             sent += block.numel() * block.element_size() + rows.numel() * rows.element_size()
             p.grad.zero_()
-            p.grad.index_add_(0, all_rows, gathered)
+            p.grad.index_add_(0, all_rows, received)
             p.grad.div_(self.size)
         return sent
 
-
-def _allreduce_average(tensors: list[torch.Tensor]) -> int:
-    """In-place average of ``tensors`` over ranks in one grouped call; bytes sent."""
-    if not tensors:
-        return 0
-    for tensor, reduced in zip(tensors, hvd.grouped_allreduce(tensors, op=hvd.Average)):
-        tensor.copy_(reduced)
-    return sum(t.numel() * t.element_size() for t in tensors)
+    def _average(self, tensors: list[torch.Tensor]) -> int:
+        """In-place average of ``tensors`` over ranks in one grouped call; bytes sent."""
+        if not tensors:
+            return 0
+        self.backend.average_(tensors)
+        return sum(t.numel() * t.element_size() for t in tensors)

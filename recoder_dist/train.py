@@ -1,10 +1,12 @@
-"""horovodrun -np N python -m recoder_dist.train --data DIR [--config conf/X.yaml] [--resume | --resume-from RUN]
-[section.key=value ...]
+"""horovodrun -np N | torchrun --nproc-per-node N  python -m recoder_dist.train --data DIR [--config conf/X.yaml]
+[--resume | --resume-from RUN] [section.key=value ...]
 
-Trains the autoencoder on a prepared dataset with batch-union sampling; without horovodrun it
-trains in one process. Prints the test metrics as one JSON line at the end (rank 0). Each run
-checkpoints into its own folder under train.checkpoint_dir; --resume continues the latest
-unfinished one (and its MLflow run), --resume-from a given one; a finished run is never resumed.
+Trains the autoencoder on a prepared dataset with batch-union sampling, on the ranks horovodrun
+or torchrun started (``recoder_dist.distributed`` tells which); without either it trains in one
+process. Prints the test metrics as one JSON line at the end (rank 0). Each run checkpoints
+into its own folder under train.checkpoint_dir; --resume continues the latest unfinished one
+(and its MLflow run), --resume-from a given one; a finished run is never resumed.
+``spark-submit jobs/train.py`` runs the same training on a Spark cluster (:func:`train_everywhere`).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from recoder_dist.mlflow_uri import resolve_tracking_uri
 
 
 class Stopped(SystemExit):
-    """The process was asked to stop (SIGINT, or SIGTERM, which horovodrun sends its ranks)."""
+    """The process was asked to stop (SIGINT, or SIGTERM, which horovodrun and torchrun send their ranks)."""
 
 
 def _stop(signum: int, _frame) -> None:
@@ -33,8 +35,10 @@ def _stop(signum: int, _frame) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m recoder_dist.train", description=__doc__.split("\n\n", 1)[1],
-        epilog="Example: horovodrun -np 2 python -m recoder_dist.train --data data/default train.epochs=5 "
-               "train.grad_exchange=sync_union", formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="Examples: horovodrun -np 2 python -m recoder_dist.train --data data/default train.epochs=5 "
+               "train.grad_exchange=sync_union\n"
+               "          torchrun --nproc-per-node 2 -m recoder_dist.train --data data/default train.epochs=5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="prepared dataset directory (jobs/prepare.py output)")
     parser.add_argument("--config", help="YAML config (default: conf/default.yaml)")
     parser.add_argument("--resume", action="store_true",
@@ -49,9 +53,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from recoder_dist.distributed import Workers
-    from recoder_dist.trainer import fit
+
+    try:
+        workers = Workers.start()
+    except ValueError as error:  # contradictory or incomplete launcher variables
+        print(f"train: error: {error}", file=sys.stderr)
+        return 2
+    status, summary = _train(args, workers)
+    if status == 0 and workers.is_root:
+        print(json.dumps(summary))
+    return status
+
+
+def train_everywhere(argv: list[str]) -> dict:
+    """Train as :func:`main` does and return rank 0's summary on every rank: the function
+    Spark's TorchDistributor runs in each torchrun rank (``recoder_dist.distributor``), which
+    hands back one rank's return value. Raises SystemExit with main's status when training fails."""
+    args = parse_args(argv)
+    from recoder_dist.distributed import Workers
 
     workers = Workers.start()
+    status, summary = _train(args, workers)
+    if status != 0:
+        raise SystemExit(status)
+    return workers.broadcast_object(summary, "train_summary")
+
+
+def _train(args: argparse.Namespace, workers) -> tuple[int, dict | None]:
+    """Train on ``workers``: the exit status, and on rank 0 the summary (test metrics, best
+    epoch, MLflow run id, registered version)."""
+    from recoder_dist.trainer import fit
+
     logging.basicConfig(level=logging.INFO if workers.is_root else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("petastorm").setLevel(logging.WARNING)  # per-reader schema notices
@@ -79,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if tracker:
             tracker.fail()
         print(f"train: error (rank {workers.rank}): {error}", file=sys.stderr)
-        return 2
+        return 2, None
     except Stopped:
         if tracker:
             tracker.fail("KILLED")
@@ -88,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         if tracker:
             tracker.fail()
         raise
-    if workers.is_root:
-        print(json.dumps({"test": result.test, "best_epoch": result.best_epoch,
-                          "best_validation": result.best_validation, "steps_per_epoch": result.steps_per_epoch,
-                          "mlflow_run_id": run_state.get("mlflow_run_id"), "registered": registration}))
-    return 0
+    if not workers.is_root:
+        return 0, None
+    return 0, {"test": result.test, "best_epoch": result.best_epoch, "best_validation": result.best_validation,
+               "steps_per_epoch": result.steps_per_epoch, "mlflow_run_id": run_state.get("mlflow_run_id"),
+               "registered": registration}
 
 
 if __name__ == "__main__":

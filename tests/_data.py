@@ -1,7 +1,8 @@
 """Data and training runs shared by the test modules (feed, contract, resume, MLflow).
 
 A small synthetic dataset is prepared once per test session with the shared ``spark`` fixture,
-and training subprocesses (one process or ``horovodrun -np 2``) are run through
+and training subprocesses (one process, ``horovodrun -np 2``, ``torchrun --nproc-per-node 2`` or
+two single-rank torchrun nodes, :func:`launch`) are run through
 ``tests/_train_worker.py``, which writes one JSON report per rank. Runs are cached by their
 arguments, so modules that need the same run (the Horovod contract and the resume test's
 uninterrupted reference) share it. The MLflow, registry, recommend-job and serving tests share
@@ -10,10 +11,12 @@ one model trained with the product entry point and registered in a private sqlit
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -84,25 +87,86 @@ def run_folder(root: Path) -> Path:
 
 
 def environment(ranks: int, **extra: str) -> dict[str, str]:
-    """Environment of a training subprocess: the repository importable, one thread per rank."""
+    """Environment of a training subprocess: the repository importable, one thread per rank,
+    torch.distributed's gloo on the loopback interface."""
     env = dict(os.environ, **extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["OMP_NUM_THREADS"] = "1"
+    env["GLOO_SOCKET_IFNAME"] = "lo"
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+LAUNCHERS = ("horovodrun", "torchrun", "torchrun-nodes")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(worker: Sequence[str], ranks: int, launcher: str = "horovodrun") -> list[list[str]]:
+    """The command lines that run ``worker`` (``[python, script or -m module, args...]``) on
+    ``ranks`` ranks, one per launcher process: ``worker`` itself for one rank; ``horovodrun -np
+    R``; ``torchrun --nproc-per-node R``; or (``torchrun-nodes``) R single-rank torchrun nodes
+    that rendezvous on a loopback port (c10d), as hosts of a multi-node job would."""
+    if ranks == 1:
+        return [list(worker)]
+    program = list(worker[1:])
+    tool = Path(sys.executable).with_name
+    if launcher == "horovodrun":
+        return [[str(tool("horovodrun")), "-np", str(ranks), "--gloo", *worker]]
+    if launcher == "torchrun":
+        return [[str(tool("torchrun")), "--standalone", "--nnodes", "1", "--nproc-per-node", str(ranks), *program]]
+    if launcher == "torchrun-nodes":
+        endpoint = f"127.0.0.1:{free_port()}"
+        return [[str(tool("torchrun")), "--nnodes", str(ranks), "--node-rank", str(node), "--nproc-per-node", "1",
+                 "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", f"test-{endpoint}", *program]
+                for node in range(ranks)]
+    raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+
+
+def run_launched(commands: Sequence[Sequence[str]], cwd: Path, env: dict, timeout: float) -> tuple[int, str, str]:
+    """Start every launcher process at once, wait for all; their worst exit status and their
+    output concatenated. On a timeout every process group is stopped and TimeoutExpired raised."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = [(Path(tmp, f"{i}.out").open("w+"), Path(tmp, f"{i}.err").open("w+")) for i in range(len(commands))]
+        processes = [subprocess.Popen(list(c), cwd=cwd, env=env, stdout=out, stderr=err, text=True,
+                                      start_new_session=True) for c, (out, err) in zip(commands, logs)]
+        try:
+            for process in processes:
+                process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for process in processes:
+                stop_process_group(process)
+            raise
+        texts = []
+        for out, err in logs:
+            out.seek(0), err.seek(0)
+            texts.append((out.read(), err.read()))
+            out.close(), err.close()
+    codes = [p.returncode for p in processes]
+    worst = next((c for c in codes if c != 0), 0)
+    return worst, "".join(t[0] for t in texts), "".join(t[1] for t in texts)
 
 
 def command(ranks: int, data_dir: Path, out: Path, overrides: Sequence[str], resume: bool = False,
             resume_from: Optional[Path] = None) -> list[str]:
     """``[horovodrun -np R] python tests/_train_worker.py ...``."""
+    return launch(worker_command(data_dir, out, overrides, resume, resume_from), ranks)[0]
+
+
+def worker_command(data_dir: Path, out: Path, overrides: Sequence[str], resume: bool = False,
+                   resume_from: Optional[Path] = None) -> list[str]:
+    """``python tests/_train_worker.py ...``."""
     worker = [sys.executable, str(WORKER), "--data", str(data_dir), "--out", str(out)]
     worker += ["--resume"] if resume else []
     worker += ["--resume-from", str(resume_from)] if resume_from else []
-    worker += list(overrides)
-    if ranks == 1:
-        return worker
-    horovodrun = str(Path(sys.executable).with_name("horovodrun"))
-    return [horovodrun, "-np", str(ranks), "--gloo", *worker]
+    return worker + list(overrides)
 
 
 @dataclass
@@ -123,25 +187,28 @@ class Run:
 
 def train(ranks: int, data_dir: Path, base: Path, name: str, extra: Sequence[str] = (),
           resume: bool = False, checkpoint_dir: Optional[Path] = None, timeout: float = 240,
-          env: Optional[dict[str, str]] = None) -> Run:
+          env: Optional[dict[str, str]] = None, launcher: str = "horovodrun") -> Run:
     """Train (cached by arguments) and return every rank's report; fails with the run's output.
-    ``env``: extra environment variables of the run."""
+    ``env``: extra environment variables of the run; ``launcher`` starts the ranks when there
+    are several (see :func:`launch`)."""
     import time
 
-    key = (ranks, str(data_dir), name, tuple(extra), resume, tuple(sorted((env or {}).items())))
+    launcher = launcher if ranks > 1 else "one"
+    key = (ranks, str(data_dir), name, tuple(extra), resume, tuple(sorted((env or {}).items())), launcher)
     if key in _runs:
         return _runs[key]
-    out = base / f"run-{name}-np{ranks}"
+    # one folder per cached run (runs that differ only in their overrides must not share checkpoints)
+    out = base / f"run-{name}-{launcher}{ranks}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     checkpoint_dir = checkpoint_dir or out / "checkpoints"
     batch = GLOBAL_BATCH // ranks
     overrides = [*TRAIN, f"train.batch_size={batch}", f"train.checkpoint_dir={checkpoint_dir}", *extra]
     started = time.perf_counter()
-    done = subprocess.run(command(ranks, data_dir, out, overrides, resume), cwd=ROOT,
-                          env=environment(ranks, **(env or {})), capture_output=True, text=True, timeout=timeout)
+    code, stdout, stderr = run_launched(launch(worker_command(data_dir, out, overrides, resume), ranks, launcher),
+                                        ROOT, environment(ranks, **(env or {})), timeout)
     seconds = time.perf_counter() - started
-    assert done.returncode == 0, f"training failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    assert code == 0, f"training failed ({code}):\n{stdout[-4000:]}\n{stderr[-4000:]}"
     reports = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(ranks)]
     _runs[key] = Run(ranks, batch, out, checkpoint_dir, reports, seconds)
     return _runs[key]

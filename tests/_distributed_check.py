@@ -1,11 +1,12 @@
-"""horovodrun -np N python tests/_distributed_check.py OUT_DIR
+"""horovodrun -np N | torchrun --nproc-per-node N  python tests/_distributed_check.py OUT_DIR
 
 Test helper: checks ``recoder_dist.distributed.Workers`` on every rank and writes
-``<OUT_DIR>/rank-<r>.json`` with what it found (assertions fail the rank, and so horovodrun).
+``<OUT_DIR>/rank-<r>.json`` with what it found (assertions fail the rank, and so the launcher).
 
 - Each gradient exchange (dense, sparse, sync_union) leaves the same averaged gradients as a
-  dense allreduce of the full tables, for item tables whose rows are touched only at rank-specific,
-  partly overlapping row sets.
+  dense allreduce of the full tables made with the launcher's library directly (Horovod's or
+  torch.distributed's), for item tables whose rows are touched only at rank-specific, partly
+  overlapping row sets.
 - ``global_union`` is the sorted union of the ranks' item ids.
 - ``broadcast_object`` delivers rank 0's object to ranks that pass None.
 """
@@ -17,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import horovod.torch as hvd  # noqa: E402
+import os  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from recoder_dist.distributed import EXCHANGES, Workers  # noqa: E402
+from recoder_dist.distributed import EXCHANGES, Workers, launched_by  # noqa: E402
 from recoder_dist.models import RecoderAutoencoder  # noqa: E402
 
 NUM_ITEMS, HIDDEN = 40, [6, 3]
@@ -47,6 +49,19 @@ def fill_gradients(model: RecoderAutoencoder, rank: int, rows: np.ndarray) -> No
         p.grad = grad
 
 
+def dense_average(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """The reference: a plain allreduce-average of the whole tensor with the launcher's library."""
+    if launched_by(os.environ) == "horovod":
+        import horovod.torch as hvd
+
+        return hvd.allreduce(tensor.clone(), op=hvd.Average, name=name)
+    import torch.distributed as dist
+
+    total = tensor.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()
+
+
 def check_exchange(workers: Workers, mode: str) -> dict:
     model = RecoderAutoencoder(NUM_ITEMS, HIDDEN)
     mine = rows_of(workers.rank)
@@ -55,8 +70,7 @@ def check_exchange(workers: Workers, mode: str) -> dict:
     else:
         targets = torch.from_numpy(mine)
     fill_gradients(model, workers.rank, mine)
-    reference = {n: hvd.allreduce(p.grad.clone(), op=hvd.Average, name=f"reference.{mode}.{n}")
-                 for n, p in model.named_parameters()}
+    reference = {n: dense_average(p.grad, f"reference.{mode}.{n}") for n, p in model.named_parameters()}
     sent = workers.exchange_gradients(model, model.item_parameter_names(), mode, targets)
     worst = 0.0
     for name, p in model.named_parameters():
@@ -69,7 +83,7 @@ def check_exchange(workers: Workers, mode: str) -> dict:
 def main() -> int:
     out = Path(sys.argv[1])
     workers = Workers.start()
-    report: dict = {"rank": workers.rank, "size": workers.size, "exchanges": {}}
+    report: dict = {"rank": workers.rank, "size": workers.size, "launcher": launched_by(os.environ), "exchanges": {}}
     for mode in EXCHANGES:
         report["exchanges"][mode] = check_exchange(workers, mode)
 

@@ -1,16 +1,19 @@
-"""One behavioural contract for the trainer, held by one process and by ``horovodrun -np 2``.
+"""One behavioural contract for the trainer, held by one process, by ``horovodrun -np 2``, by
+``torchrun --nproc-per-node 2`` and by two single-rank torchrun nodes rendezvousing on loopback.
 
 Each class below runs ``trainer.fit`` once (through ``tests/_train_worker.py``, in a subprocess)
 on the session's small synthetic dataset and inherits the same assertions, in the spirit of
-implicit's model test mixins. The Horovod classes use half the per-rank batch, so every run
+implicit's model test mixins. The two-rank classes use half the per-rank batch, so every run
 takes the same global batch and the same number of steps per epoch.
 """
 import math
 
 import pytest
-from _data import GLOBAL_BATCH, Run, item_counts, prepared_dataset, train
+import torch
+from _data import GLOBAL_BATCH, Run, item_counts, prepared_dataset, run_folder, train
 
 from pipeline.manifest import read_manifest
+from recoder_dist import checkpoint
 from recoder_dist.evaluation import means, metric_sums, popularity_scorer
 from recoder_dist.feed import read_heldout
 from recoder_dist.trainer import steps_per_epoch
@@ -28,14 +31,17 @@ def popularity(data) -> dict:
 
 
 class TrainerContract:
-    """What every way of running the trainer must do; subclasses set ``ranks`` and ``extra``."""
+    """What every way of running the trainer must do; subclasses set ``ranks``, ``launcher``
+    (``tests/_data.py``'s :func:`launch`) and ``extra``."""
 
     ranks = 1
+    launcher = "horovodrun"
     extra: tuple = ()
 
     @pytest.fixture(scope="class")
     def run(self, data, tmp_path_factory) -> Run:
-        return train(self.ranks, data, tmp_path_factory.getbasetemp(), "contract", self.extra)
+        return train(self.ranks, data, tmp_path_factory.getbasetemp(), "contract", self.extra,
+                     launcher=self.launcher)
 
     def test_every_rank_reports_every_epoch(self, run):
         assert [(r["rank"], r["size"]) for r in run.reports] == [(i, self.ranks) for i in range(self.ranks)]
@@ -83,6 +89,17 @@ class TestHorovodSyncUnion(TrainerContract):
     extra = ("train.grad_exchange=sync_union",)
 
 
+class TestTorchrun(TrainerContract):
+    ranks = 2
+    launcher = "torchrun"
+
+
+class TestTorchrunTwoNodesSyncUnion(TrainerContract):
+    ranks = 2
+    launcher = "torchrun-nodes"
+    extra = ("train.grad_exchange=sync_union",)
+
+
 def test_one_process_and_horovod_agree_on_the_epoch(data, tmp_path_factory):
     """Same global batch, same steps and users per epoch, whether 1 × 100 or 2 × 50 users."""
     base = tmp_path_factory.getbasetemp()
@@ -91,3 +108,21 @@ def test_one_process_and_horovod_agree_on_the_epoch(data, tmp_path_factory):
     assert one.root["result"]["steps_per_epoch"] == two.root["result"]["steps_per_epoch"]
     users = [[round(h["users_per_s"] * h["epoch_s"]) for h in r.root["result"]["history"]] for r in (one, two)]
     assert users[0] == users[1]
+
+
+def test_torchrun_trains_exactly_as_horovodrun(data, tmp_path_factory):
+    """Same ranks, seeds and settings: torch.distributed and Horovod give the same weights after
+    every epoch, the same records and the same best checkpoint, bit for bit (two ranks sum in
+    either order; both average by halving)."""
+    base = tmp_path_factory.getbasetemp()
+    horovod, torchrun = train(2, data, base, "contract"), train(2, data, base, "contract", launcher="torchrun")
+    assert torchrun.root["digests"] == horovod.root["digests"]
+    assert torchrun.root["result"]["steps_per_epoch"] == horovod.root["result"]["steps_per_epoch"]
+    timing = {"users_per_s", "epoch_s"}
+    assert [{k: v for k, v in h.items() if k not in timing} for h in torchrun.root["result"]["history"]] == \
+        [{k: v for k, v in h.items() if k not in timing} for h in horovod.root["result"]["history"]]
+    assert torchrun.root["result"]["test"] == horovod.root["result"]["test"]
+    best = [checkpoint.load(run_folder(run.checkpoint_dir) / checkpoint.BEST) for run in (horovod, torchrun)]
+    assert best[0]["epoch"] == best[1]["epoch"]
+    assert best[0]["model"].keys() == best[1]["model"].keys()
+    assert all(torch.equal(best[0]["model"][k], best[1]["model"][k]) for k in best[0]["model"])
