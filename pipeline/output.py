@@ -48,6 +48,8 @@ def check_output(out: Path, kind: str, overwrite: bool, inputs: Sequence[str | P
     """Refuse early what :func:`staged` would refuse: a live job on ``out``, an existing ``out``
     without ``overwrite``, an ``out`` this project did not write as ``kind``, or one that holds an input."""
     out = Path(out).resolve()
+    if not out.parent.is_dir():
+        return  # nothing can be there yet (and a check creates no folders)
     with _locked(out):
         _check(out, kind, overwrite, inputs)
 

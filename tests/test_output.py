@@ -153,3 +153,8 @@ def test_a_failing_block_removes_its_stage_and_keeps_the_old_output(tmp_path):
             assert (out / "part-0").read_text() == "old"  # untouched while the new one is built
             raise RuntimeError("boom")
     assert (out / "part-0").read_text() == "old" and names(tmp_path) == ["out"]
+
+
+def test_a_check_creates_no_folders(tmp_path):
+    check_output(tmp_path / "a" / "b" / "out", KIND, overwrite=False)
+    assert names(tmp_path) == []
