@@ -84,6 +84,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 2e-5
     lr_schedule: str = "step"  # step (milestones, gamma) | warmup_cosine (warmup_epochs, lr_floor); recoder_dist.schedule
+    item_optimizer: str = "adam"  # adam (dense) | lazy_adam | rowwise_adagrad: item tables (recoder_dist.optim)
+    item_lr: float = 0.0  # learning rate of the item tables; 0: train.lr
     milestones: list = field(default_factory=lambda: [60, 80])
     gamma: float = 0.1
     warmup_epochs: int = 0  # warmup_cosine: epochs of linear warm-up before the cosine
@@ -244,6 +246,9 @@ def validate(config: Config) -> None:
         (t.mse_form in {"gramian", "dense"}, "train.mse_form must be gramian or dense"),
         (t.grad_exchange in {"dense", "sparse", "sync_union"}, "train.grad_exchange must be dense, sparse or sync_union"),
         (t.dtype in {"float32", "bfloat16"}, "train.dtype must be float32 or bfloat16"),
+        (t.item_optimizer in {"adam", "lazy_adam", "rowwise_adagrad"},
+         "train.item_optimizer must be adam, lazy_adam or rowwise_adagrad"),
+        (t.item_lr >= 0, "train.item_lr must be >= 0 (0: train.lr)"),
         (t.batch_size >= 1 and t.epochs >= 1, "train.batch_size and train.epochs must be >= 1"),
         (t.lr_schedule in {"step", "warmup_cosine"}, "train.lr_schedule must be step or warmup_cosine"),
         (t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),

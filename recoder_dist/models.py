@@ -52,8 +52,11 @@ class RecoderAutoencoder(nn.Module):
     bottleneck_dropout : float
         Dropout probability on the bottleneck activations.
     sparse : bool
-        Make the encoder embedding-bag emit sparse gradients (rows touched by the batch);
-        not with ``tied``, whose shared table also gets the decoder's dense gradient.
+        Row-sparse gradients for the item tables (:meth:`item_parameter_names`): in training, the
+        embedding-bag, ``D`` and ``b`` get sparse COO gradients holding only the rows the batch
+        touched (its items; the target set), never an ``num_items × h`` buffer (see
+        :func:`gather_rows`). Scoring the full catalogue (no target set) still gives ``D`` and ``b``
+        dense gradients.
     """
 
     def __init__(self, num_items: int, hidden_sizes: Sequence[int] = (200,),
@@ -69,9 +72,6 @@ class RecoderAutoencoder(nn.Module):
                         ("bottleneck_dropout", bottleneck_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {p}")
-        if tied and sparse:
-            raise ValueError("sparse=True cannot be combined with tied=True: the shared table "
-                             "also receives the decoder's dense gradient")
         self.num_items = num_items
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.activation = activation
@@ -81,8 +81,7 @@ class RecoderAutoencoder(nn.Module):
         self.sparse = sparse
 
         sizes = self.hidden_sizes
-        self.item_embedding = nn.EmbeddingBag(num_items, sizes[0], mode="sum", sparse=sparse,
-                                              include_last_offset=True)
+        self.item_embedding = nn.EmbeddingBag(num_items, sizes[0], mode="sum", include_last_offset=True)
         self.encoder_bias = nn.Parameter(torch.zeros(sizes[0]))
         self.encoder_layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes, sizes[1:]))
         mirror = list(zip(sizes[:0:-1], sizes[-2::-1]))  # (in, out) from bottleneck back to h0
@@ -160,8 +159,13 @@ class RecoderAutoencoder(nn.Module):
         if noisy and self.input_dropout:
             weights = F.dropout(weights, self.input_dropout, training=True)
         act = ACTIVATIONS[self.activation]
-        z = act(self.item_embedding(items, offsets, per_sample_weights=weights)
-                + self.encoder_bias)
+        if self._row_sparse():
+            rows, positions = torch.unique(items, return_inverse=True)
+            bag = F.embedding_bag(positions, gather_rows(self.item_embedding.weight, rows), offsets, mode="sum",
+                                  per_sample_weights=weights, include_last_offset=True)
+        else:
+            bag = self.item_embedding(items, offsets, per_sample_weights=weights)
+        z = act(bag + self.encoder_bias)
         for layer in self.encoder_layers:
             z = act(layer(z))
         if noisy and self.bottleneck_dropout:
@@ -226,6 +230,8 @@ class RecoderAutoencoder(nn.Module):
         """
         if target_items is None:
             return self.output_table, self.output_bias
+        if self._row_sparse():
+            return gather_rows(self.output_table, target_items), gather_rows(self.output_bias, target_items)
         return F.embedding(target_items, self.output_table), self.output_bias[target_items]
 
     def forward(self, items: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
@@ -250,7 +256,38 @@ class RecoderAutoencoder(nn.Module):
         weight, bias = self.target_rows(target_items)
         return torch.addmm(bias, z, weight.t())
 
+    def _row_sparse(self) -> bool:
+        """Whether this pass gathers item rows for row-sparse gradients (``sparse`` and autograd on)."""
+        return self.sparse and torch.is_grad_enabled()
+
     def item_vectors(self) -> torch.Tensor:
         """Item representations ``D`` (num_items × hidden_sizes[0]) for item-to-item
         similarity; detached, sharing storage with the parameter."""
         return self.output_table.detach()
+
+
+def gather_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``table[rows]`` whose gradient w.r.t. ``table`` is a sparse COO tensor of just those rows.
+
+    ``rows`` must be sorted and unique (a target set, ``torch.unique``): the gradient is then
+    coalesced as made, ``|rows| × h`` values and no ``n × h`` buffer.
+    """
+    return _GatherRows.apply(table, rows)
+
+
+class _GatherRows(torch.autograd.Function):
+    """Row gather with a row-sparse backward (:func:`gather_rows`)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.table_shape = table.shape
+        return table.index_select(0, rows)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (rows,) = ctx.saved_tensors
+        sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.table_shape, is_coalesced=True,
+                                         check_invariants=False)
+        return sparse, None

@@ -27,6 +27,7 @@ from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
 from recoder_dist.feed import prefetch, read_heldout, train_rows
 from recoder_dist.losses import HiddenLossFn, LossFn, get_hidden_loss, get_loss
 from recoder_dist.models import RecoderAutoencoder
+from recoder_dist.optim import ROW_RULES, build_optimizer
 from recoder_dist.schedule import evaluations_since_best, lr_scheduler, should_stop
 from recoder_dist.sampling import Batch, make_batches, retarget
 
@@ -57,7 +58,8 @@ def build_model(num_items: int, config: Config) -> RecoderAutoencoder:
     """The autoencoder of ``config.model`` for a catalogue of ``num_items``."""
     m = config.model
     return RecoderAutoencoder(num_items, hidden_sizes=[int(h) for h in m.hidden_sizes], activation=m.activation,
-                              tied=m.tied, input_dropout=m.input_dropout, bottleneck_dropout=m.bottleneck_dropout)
+                              tied=m.tied, input_dropout=m.input_dropout, bottleneck_dropout=m.bottleneck_dropout,
+                              sparse=config.train.item_optimizer in ROW_RULES)
 
 
 def steps_per_epoch(num_train_users: int, batch_size: int, ranks: int) -> int:
@@ -253,8 +255,10 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
         log.info("could not raise malloc's thresholds (not glibc?): step buffers are mapped afresh each step")
     device = workers.device()
     model = build_model(num_items, config).to(device)
-    fused = {"fused": True} if device.type in {"cpu", "cuda"} else {}
-    optimizer = torch.optim.Adam(model.parameter_groups(t.weight_decay), lr=t.lr, **fused)
+    if t.item_optimizer in ROW_RULES and workers.size > 1:
+        raise ValueError(f"train.item_optimizer={t.item_optimizer} trains on one process only for now (the gradient "
+                         f"exchange of row-sparse tables is not in yet); use train.item_optimizer=adam with several ranks")
+    optimizer = build_optimizer(model, t.item_optimizer, t.lr, t.weight_decay, t.item_lr or None)
     scheduler = lr_scheduler(optimizer, t)
     steps = steps_per_epoch(n_train, t.batch_size, workers.size)
     identity = _identity(config, manifest, workers.size)

@@ -80,6 +80,11 @@ class TestOneProcess(TrainerContract):
     ranks = 1
 
 
+class TestOneProcessLazyAdam(TrainerContract):
+    ranks = 1
+    extra = ("train.item_optimizer=lazy_adam",)
+
+
 class TestHorovodDense(TrainerContract):
     ranks = 2
 

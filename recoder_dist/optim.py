@@ -1,0 +1,196 @@
+"""Optimizers whose item-table updates touch only the rows a step used.
+
+A step of batch-union training reads a few thousand rows of each item table (the encoder rows of
+the batch's items, the decoder rows and biases of the target set), so the model hands those tables
+row-sparse gradients (``RecoderAutoencoder(sparse=True)``). Dense Adam would still read and write
+every row of the table and of both moments on every step; the rules here cost ∝ the rows touched:
+
+``lazy_adam``
+    Adam with moments, a step count and bias correction per row (TensorFlow's ``LazyAdam``;
+    torch's ``SparseAdam`` but with per-row counts and L2 weight decay). A row that a step does not
+    touch is left exactly as it is: no momentum drift and no weight decay until it is used again.
+``rowwise_adagrad``
+    Adagrad with one accumulator per row (the mean of the row's squared gradient), as large-scale
+    embedding trainers use (FBGEMM's ``EXACT_ROWWISE_ADAGRAD``): state of one float per row.
+
+Every other parameter keeps Adam (fused on CPU and CUDA), so ``adam`` (dense Adam for everything,
+the reference) and the row-sparse rules differ only on the item tables.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+from torch.optim.adam import adam as adam_update
+
+ITEM_OPTIMIZERS = ("adam", "lazy_adam", "rowwise_adagrad")
+ROW_RULES = ("lazy_adam", "rowwise_adagrad")
+
+
+def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows a gradient touches and their values, ``(rows (r,), values (r, d))``.
+
+    A sparse COO gradient (duplicates allowed: they are summed) gives its sorted unique rows; a
+    dense one gives every row. ``d`` is the product of the table's trailing dimensions (1 for a
+    bias vector).
+    """
+    if grad.is_sparse:
+        rows, values = grad._indices()[0], grad._values()
+        if not (grad.is_coalesced() or bool((rows[1:] > rows[:-1]).all())):  # autograd drops the flag
+            grad = grad.coalesce()
+            rows, values = grad.indices()[0], grad.values()
+        return rows, values.reshape(rows.numel(), -1)
+    return torch.arange(grad.shape[0], device=grad.device), grad.reshape(grad.shape[0], -1)
+
+
+def lazy_adam_rows(table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, state: dict, *,
+                   lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """Adam on ``rows`` of ``table`` (n × d) in place, each row with its own step count.
+
+    Same arithmetic as ``torch.optim.Adam``: L2 weight decay added to the gradient,
+    ``m ← β1 m + (1 - β1) g``, ``v ← β2 v + (1 - β2) g²``,
+    ``w ← w - lr / (1 - β1^t) · m / (√v / √(1 - β2^t) + ε)``, with ``t`` the row's count of
+    updates. ``state`` holds ``exp_avg``, ``exp_avg_sq`` (n × d) and ``row_step`` (n,), created on
+    first use.
+    """
+    if not state:
+        state["exp_avg"] = torch.zeros_like(table)
+        state["exp_avg_sq"] = torch.zeros_like(table)
+        state["row_step"] = torch.zeros(table.shape[0], dtype=torch.float32, device=table.device)
+    weights = table.index_select(0, rows)
+    grad = grad.to(table.dtype)
+    if weight_decay:
+        grad = grad.add(weights, alpha=weight_decay)
+    steps = state["row_step"].index_select(0, rows).add_(1)
+    state["row_step"].index_copy_(0, rows, steps)
+    exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
+    exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    state["exp_avg"].index_copy_(0, rows, exp_avg)
+    state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+    steps = steps.to(table.dtype).unsqueeze(1)
+    root_correction2 = (1 - torch.pow(beta2, steps)).sqrt_()
+    step_size = (1 - torch.pow(beta1, steps)).reciprocal_().mul_(lr)
+    # w - step_size · m / (√v / √c2 + ε)  ==  w - m / ((√v / √c2 + ε) / step_size)
+    denom = exp_avg_sq.sqrt().div_(root_correction2).add_(eps).div_(step_size)
+    table.index_copy_(0, rows, weights.addcdiv_(exp_avg, denom, value=-1.0))
+
+
+def rowwise_adagrad_rows(table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, state: dict, *,
+                         lr: float, eps: float, weight_decay: float) -> None:
+    """Row-wise Adagrad on ``rows`` of ``table`` (n × d) in place: ``G_r += mean_j g_rj²``,
+    ``w_r -= lr · g_r / (√G_r + ε)``; ``state["row_sum"]`` (n,) is created on first use."""
+    if not state:
+        state["row_sum"] = torch.zeros(table.shape[0], dtype=table.dtype, device=table.device)
+    weights = table.index_select(0, rows)
+    grad = grad.to(table.dtype)
+    if weight_decay:
+        grad = grad.add(weights, alpha=weight_decay)
+    sums = state["row_sum"].index_select(0, rows).add_(grad.square().mean(dim=1))
+    state["row_sum"].index_copy_(0, rows, sums)
+    scale = sums.sqrt_().add_(eps).reciprocal_().unsqueeze(1)
+    table.index_copy_(0, rows, weights.addcmul_(grad, scale, value=-lr))
+
+
+class RowSparseOptimizer(torch.optim.Optimizer):
+    """Adam for the dense parameter groups, a row-sparse rule for the item-table groups.
+
+    Parameters
+    ----------
+    dense_groups, item_groups : iterable of dict
+        Parameter groups (``{"params": [...], "weight_decay": ...}``, as
+        ``RecoderAutoencoder.parameter_groups`` makes them); item-table gradients may be sparse COO
+        (only the touched rows) or dense (every row touched).
+    rule : str
+        ``lazy_adam`` or ``rowwise_adagrad``, for the item groups.
+    lr : float
+        Learning rate of the dense groups (and of the item groups unless ``item_lr`` is given).
+    item_lr : float, optional
+        Learning rate of the item groups.
+    betas, eps : Adam's (``eps`` is also the Adagrad rule's).
+    fused : bool
+        Use torch's fused Adam kernel for the dense groups (CPU and CUDA).
+    """
+
+    def __init__(self, dense_groups: Iterable[dict], item_groups: Iterable[dict], rule: str, lr: float,
+                 item_lr: Optional[float] = None, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 fused: bool = True) -> None:
+        if rule not in ROW_RULES:
+            raise ValueError(f"unknown item-table rule {rule!r}; choose one of {', '.join(ROW_RULES)}")
+        groups = [{**g, "rows": False} for g in dense_groups]
+        groups += [{**g, "rows": True, "lr": lr if item_lr is None else item_lr} for g in item_groups]
+        super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": 0.0, "rows": False,
+                                  "rule": rule, "fused": fused})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["rows"]:
+                self._row_step(group)
+            else:
+                self._dense_step(group)
+        return loss
+
+    def _row_step(self, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            rows, grad = touched_rows(p.grad)
+            table = p.view(p.shape[0], -1)
+            if group["rule"] == "lazy_adam":
+                lazy_adam_rows(table, rows, grad, self.state[p], lr=group["lr"], beta1=beta1, beta2=beta2,
+                               eps=group["eps"], weight_decay=group["weight_decay"])
+            else:
+                rowwise_adagrad_rows(table, rows, grad, self.state[p], lr=group["lr"], eps=group["eps"],
+                                     weight_decay=group["weight_decay"])
+
+    def _dense_step(self, group: dict) -> None:
+        """``torch.optim.Adam``'s update (same state layout, same kernel)."""
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        fused = group["fused"] and all(p.device.type in {"cpu", "cuda"} for p in group["params"])
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("a dense parameter got a sparse gradient; list it among the item tables")
+            state = self.state[p]
+            if not state:
+                state["step"] = (torch.zeros((), dtype=torch.float32, device=p.device) if fused
+                                 else torch.tensor(0.0, dtype=torch.float32))
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        beta1, beta2 = group["betas"]
+        adam_update(params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=fused or None, amsgrad=False,
+                    beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                    maximize=False)
+
+
+def build_optimizer(model: torch.nn.Module, item_optimizer: str, lr: float, weight_decay: float,
+                    item_lr: Optional[float] = None) -> torch.optim.Optimizer:
+    """The optimizer of a training run.
+
+    ``adam``: dense (fused) Adam over every parameter, today's reference. ``lazy_adam`` /
+    ``rowwise_adagrad``: :class:`RowSparseOptimizer`, the row rule on ``model.item_parameter_names()``
+    (which must then produce row-sparse gradients, ``RecoderAutoencoder(sparse=True)``).
+    Weights decay, biases do not (``model.parameter_groups``).
+    """
+    fused = all(p.device.type in {"cpu", "cuda"} for p in model.parameters())
+    if item_optimizer == "adam":
+        return torch.optim.Adam(model.parameter_groups(weight_decay), lr=lr, **({"fused": True} if fused else {}))
+    if item_optimizer not in ROW_RULES:
+        raise ValueError(f"unknown item optimizer {item_optimizer!r}; choose one of {', '.join(ITEM_OPTIMIZERS)}")
+    items = model.item_parameter_names()
+    dense = [name for name, _ in model.named_parameters() if name not in items]
+    return RowSparseOptimizer(model.parameter_groups(weight_decay, names=dense),
+                              model.parameter_groups(weight_decay, names=items), item_optimizer, lr,
+                              item_lr=item_lr, fused=fused)
