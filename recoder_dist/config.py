@@ -92,7 +92,8 @@ class TrainConfig:
     lr_floor: float = 0.0  # warmup_cosine: the last epochs' rate, as a fraction of lr
     patience: int = 0  # stop after this many evaluations without a better validation NDCG@100; 0: never
     grad_exchange: str = "dense"  # dense | sparse | sync_union
-    dtype: str = "float32"  # float32 | bfloat16 (autocast)
+    dtype: str = "float32"  # float32 | bfloat16 (autocast; float32 where bf16 is emulated, recoder_dist.precision)
+    force_dtype: bool = False  # keep train.dtype=bfloat16 even where the device only emulates it
     eval_every: int = 1
     eval_batch_size: int = 1000
     seed: int = 1234

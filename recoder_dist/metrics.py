@@ -7,7 +7,8 @@ values are returned so ranks can sum them; users without held-out items get NaN.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,29 +18,110 @@ def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def top_k(scores: torch.Tensor, exclude_rows: torch.Tensor | np.ndarray,
-          exclude_cols: torch.Tensor | np.ndarray, k: int) -> torch.Tensor:
+ITEM_CHUNK = 8192  # items scored at once: a block of B × ITEM_CHUNK scores (and its sort keys) at a time
+
+
+@dataclass(frozen=True)
+class ItemScores:
+    """Scores of a batch of users over a catalogue of ``num_items``, produced a block of items at
+    a time: ``block(start, stop)`` is the (B × (stop - start)) float tensor of items
+    ``start..stop-1``. Memory then grows with B × the block, not B × the catalogue."""
+
+    num_items: int
+    block: Callable[[int, int], torch.Tensor]
+
+    @classmethod
+    def of(cls, scores: torch.Tensor) -> "ItemScores":
+        """A full (B × n_items) score matrix, handed out in blocks (views)."""
+        return cls(scores.shape[1], lambda start, stop: scores[:, start:stop])
+
+
+def _order_keys(scores: torch.Tensor, first_item: int) -> torch.Tensor:
+    """int64 keys ordering ``scores`` (B × c, items ``first_item..``) as "higher score first, then
+    lower item id": the float's bits made monotone in the high 32 bits, the flipped id below."""
+    bits = (scores.float() + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: larger magnitude, smaller key
+    ids = torch.arange(first_item, first_item + scores.shape[1], dtype=torch.int64, device=scores.device)
+    return (bits << 32) | (0xFFFFFFFF - ids)
+
+
+def _decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`_order_keys`: (float32 scores, int64 item ids)."""
+    bits = keys >> 32
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return bits.to(torch.int32).view(torch.float32), 0xFFFFFFFF - (keys & 0xFFFFFFFF)
+
+
+def top_k_blocks(scores: ItemScores, exclude_rows: torch.Tensor | np.ndarray,
+                 exclude_cols: torch.Tensor | np.ndarray, k: int,
+                 item_chunk: int = ITEM_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best items per user over the catalogue, scored ``item_chunk`` items at a time
+    with a running top-k; excluded entries (fold-in items) score ``-inf``.
+
+    Ties are broken by the lower item id, so the result does not depend on ``item_chunk``: any
+    chunk gives what one block of the whole catalogue gives.
+
+    Parameters
+    ----------
+    scores : ItemScores
+    exclude_rows, exclude_cols : int arrays, shape (m,)
+        Entries ``(row, item)`` ranked last, at ``-inf``.
+    k : int
+        Capped at the catalogue's size.
+    item_chunk : int
+        Items per block.
+
+    Returns
+    -------
+    values : torch.Tensor of float32, shape (B, min(k, n_items))
+        Scores, best first.
+    items : torch.Tensor of int64, shape (B, min(k, n_items))
+        Item ids.
+    """
+    if item_chunk < 1:
+        raise ValueError(f"item_chunk must be >= 1, got {item_chunk}")
+    k = max(0, min(int(k), scores.num_items))
+    rows = torch.as_tensor(exclude_rows, dtype=torch.int64)
+    cols = torch.as_tensor(exclude_cols, dtype=torch.int64)
+    best: Optional[torch.Tensor] = None
+    for start in range(0, scores.num_items, item_chunk):
+        stop = min(start + item_chunk, scores.num_items)
+        block = scores.block(start, stop)
+        inside = (cols >= start) & (cols < stop)
+        if bool(inside.any()):
+            where = (rows[inside].to(block.device), (cols[inside] - start).to(block.device))
+            block = block.index_put(where, torch.tensor(float("-inf"), dtype=block.dtype, device=block.device))
+        keys = _order_keys(block, start)
+        if best is not None:
+            keys = torch.cat([best, keys], dim=1)
+        best = torch.topk(keys, min(k, keys.shape[1]), dim=1).values
+    if best is None:
+        return torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.int64)
+    return _decode_keys(best)
+
+
+def top_k(scores: torch.Tensor | ItemScores, exclude_rows: torch.Tensor | np.ndarray,
+          exclude_cols: torch.Tensor | np.ndarray, k: int, item_chunk: int = ITEM_CHUNK) -> torch.Tensor:
     """Ids of the ``k`` best-scored items per user, excluded entries (fold-in items) masked.
 
     Parameters
     ----------
-    scores : torch.Tensor, shape (B, n_items)
+    scores : torch.Tensor, shape (B, n_items), or ItemScores
         Left unchanged.
     exclude_rows, exclude_cols : int arrays, shape (m,)
         Entries ``(row, item)`` never recommended.
     k : int
         Capped at ``n_items``.
+    item_chunk : int
+        Items scored at once (:func:`top_k_blocks`; ties go to the lower item id).
 
     Returns
     -------
     torch.Tensor of int64, shape (B, min(k, n_items))
         Item ids, best first.
     """
-    masked = scores.clone()
-    rows = torch.as_tensor(exclude_rows, dtype=torch.int64, device=scores.device)
-    cols = torch.as_tensor(exclude_cols, dtype=torch.int64, device=scores.device)
-    masked[rows, cols] = float("-inf")
-    return torch.topk(masked, min(k, scores.shape[1]), dim=1).indices
+    scores = scores if isinstance(scores, ItemScores) else ItemScores.of(scores)
+    return top_k_blocks(scores, exclude_rows, exclude_cols, k, item_chunk)[1]
 
 
 def _hits(top_items: torch.Tensor | np.ndarray, heldout_offsets: torch.Tensor | np.ndarray,
@@ -107,18 +189,18 @@ def ndcg_at_k(top_items: torch.Tensor | np.ndarray, heldout_offsets: torch.Tenso
     return _ndcg(hits, counts, k)
 
 
-def evaluate_batch(scores: torch.Tensor, foldin_rows: torch.Tensor | np.ndarray,
+def evaluate_batch(scores: torch.Tensor | ItemScores, foldin_rows: torch.Tensor | np.ndarray,
                    foldin_cols: torch.Tensor | np.ndarray,
                    heldout_offsets: torch.Tensor | np.ndarray,
                    heldout_items: torch.Tensor | np.ndarray,
                    recall_ks: Sequence[int] = (20, 50),
-                   ndcg_ks: Sequence[int] = (100,)) -> dict[str, np.ndarray]:
+                   ndcg_ks: Sequence[int] = (100,), item_chunk: int = ITEM_CHUNK) -> dict[str, np.ndarray]:
     """Per-user Recall@k and NDCG@k from one top-k ranking with fold-in items masked.
 
     Parameters
     ----------
-    scores : torch.Tensor, shape (B, n_items)
-        Full-catalogue scores.
+    scores : torch.Tensor, shape (B, n_items), or ItemScores
+        Full-catalogue scores (ranked ``item_chunk`` items at a time, :func:`top_k_blocks`).
     foldin_rows, foldin_cols : int arrays, shape (m,)
         Fold-in interactions (row in the batch, item id), excluded from the ranking.
     heldout_offsets, heldout_items : int arrays
@@ -131,7 +213,7 @@ def evaluate_batch(scores: torch.Tensor, foldin_rows: torch.Tensor | np.ndarray,
     dict of str to np.ndarray (B,)
         ``recall_at_{k}`` and ``ndcg_at_{k}``; NaN for users without held-out items.
     """
-    top = top_k(scores, foldin_rows, foldin_cols, max([*recall_ks, *ndcg_ks]))
+    top = top_k(scores, foldin_rows, foldin_cols, max([*recall_ks, *ndcg_ks]), item_chunk)
     hits, counts = _hits(top, heldout_offsets, heldout_items)
     results = {f"recall_at_{k}": _recall(hits, counts, k) for k in recall_ks}
     results.update({f"ndcg_at_{k}": _ndcg(hits, counts, k) for k in ndcg_ks})

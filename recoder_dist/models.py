@@ -256,6 +256,11 @@ class RecoderAutoencoder(nn.Module):
         weight, bias = self.target_rows(target_items)
         return torch.addmm(bias, z, weight.t())
 
+    def block_logits(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Logits of items ``start..stop-1`` from :meth:`hidden`'s ``z`` (B × (stop - start)): the
+        catalogue scored a block at a time, the decoder's rows read as views."""
+        return torch.addmm(self.output_bias[start:stop], z, self.output_table[start:stop].t())
+
     def _row_sparse(self) -> bool:
         """Whether this pass gathers item rows for row-sparse gradients (``sparse`` and autograd on)."""
         return self.sparse and torch.is_grad_enabled()

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 
+from recoder_dist.metrics import ITEM_CHUNK, ItemScores, top_k_blocks
 from recoder_dist.models import RecoderAutoencoder
 
 WEIGHTS = "weights.pt"
@@ -40,8 +42,10 @@ class Recommendations:
 class Recommender:
     """A trained model plus its id map, answering in original item ids."""
 
-    def __init__(self, model: RecoderAutoencoder, item_ids: Sequence[str], item_counts: np.ndarray) -> None:
+    def __init__(self, model: RecoderAutoencoder, item_ids: Sequence[str], item_counts: np.ndarray,
+                 item_chunk: int = ITEM_CHUNK) -> None:
         self.model = model.eval()
+        self.item_chunk = item_chunk
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.index = {item: i for i, item in enumerate(self.item_ids)}
         self.counts = np.asarray(item_counts, dtype=np.int64)
@@ -90,35 +94,41 @@ class Recommender:
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10,
                   values: Optional[Sequence[Sequence[float]]] = None) -> Recommendations:
-        """Top-``k`` items not in each history; popular items for empty (or all-unknown) histories."""
+        """Top-``k`` items not in each history; popular items for empty (or all-unknown) histories.
+        The catalogue is scored ``item_chunk`` items at a time (memory ∝ rows × ``item_chunk``)."""
         _check_k(k)
         items, vals, offsets, unknown = self._known(histories, values)
-        with torch.no_grad():
-            scores = self.model(items, vals, offsets, None)
         lengths = torch.diff(offsets)
-        empty = lengths == 0
-        scores[empty] = self.popularity
-        rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-        scores[rows, items] = float("-inf")
-        return self._top(scores, k, unknown)
+        empty = (lengths == 0).unsqueeze(1)
+        with torch.no_grad():
+            z = self.model.hidden(items, vals, offsets)
+
+        def block(start: int, stop: int) -> torch.Tensor:
+            return torch.where(empty, self.popularity[start:stop], self.model.block_logits(z, start, stop))
+        return self._top(ItemScores(len(self.item_ids), block), items, lengths, k, unknown)
 
     def similar(self, item_lists: Sequence[Sequence[str]], k: int = 10) -> Recommendations:
         """Top-``k`` items most similar to each row's items (cosine of decoder item vectors,
-        summed over the row's known items, which are excluded); popular items when none is known."""
+        summed over the row's known items, which are excluded); popular items when none is known.
+        Item vectors are normalised and scored ``item_chunk`` at a time, never all at once."""
         _check_k(k)
-        vectors = torch.nn.functional.normalize(self.model.item_vectors(), dim=1)
+        vectors = self.model.item_vectors()
         items, _, offsets, unknown = self._known(item_lists, None)
         lengths = torch.diff(offsets)
+        empty = (lengths == 0).unsqueeze(1)
         rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-        query = torch.zeros(len(lengths), vectors.shape[1]).index_add_(0, rows, vectors[items])
-        scores = query @ vectors.t()
-        scores[lengths == 0] = self.popularity
-        scores[rows, items] = float("-inf")
-        return self._top(scores, k, unknown)
+        query = torch.zeros(len(lengths), vectors.shape[1]).index_add_(0, rows, F.normalize(vectors[items], dim=1))
 
-    def _top(self, scores: torch.Tensor, k: int, unknown: list[int]) -> Recommendations:
-        k = min(k, scores.shape[1])
-        top_scores, top_idx = torch.topk(scores, k, dim=1)
+        def block(start: int, stop: int) -> torch.Tensor:
+            return torch.where(empty, self.popularity[start:stop], query @ F.normalize(vectors[start:stop], dim=1).t())
+        return self._top(ItemScores(len(self.item_ids), block), items, lengths, k, unknown)
+
+    def _top(self, scores: ItemScores, items: torch.Tensor, lengths: torch.Tensor, k: int,
+             unknown: list[int]) -> Recommendations:
+        """The ``k`` best of ``scores`` per row, the row's own ``items`` excluded (ties: lower index)."""
+        rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        with torch.no_grad():
+            top_scores, top_idx = top_k_blocks(scores, rows, items, k, self.item_chunk)
         ids, values = [], []
         for row_idx, row_scores in zip(top_idx.numpy(), top_scores.numpy()):
             finite = np.isfinite(row_scores)

@@ -28,6 +28,7 @@ from recoder_dist.feed import prefetch, read_heldout, train_rows
 from recoder_dist.losses import HiddenLossFn, LossFn, get_hidden_loss, get_loss
 from recoder_dist.models import RecoderAutoencoder
 from recoder_dist.optim import ROW_RULES, build_optimizer
+from recoder_dist.precision import training_dtype
 from recoder_dist.schedule import evaluations_since_best, lr_scheduler, should_stop
 from recoder_dist.sampling import Batch, make_batches, retarget
 
@@ -254,6 +255,9 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
     if not reuse_freed_memory() and workers.is_root:
         log.info("could not raise malloc's thresholds (not glibc?): step buffers are mapped afresh each step")
     device = workers.device()
+    dtype, dtype_note = training_dtype(t.dtype, t.force_dtype, device)
+    if dtype_note and workers.is_root:
+        log.warning(dtype_note)
     model = build_model(num_items, config).to(device)
     if t.item_optimizer in ROW_RULES and workers.size > 1:
         raise ValueError(f"train.item_optimizer={t.item_optimizer} trains on one process only for now (the gradient "
@@ -301,8 +305,8 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
             log.info("training %d items, %d train users on %d rank(s): %d steps/epoch of %d users, "
                      "target set per %d users, exchange=%s, dtype=%s, %d thread(s)/rank", num_items, n_train,
                      workers.size, steps, t.batch_size, t.num_sampling_users or t.batch_size,
-                     t.grad_exchange, t.dtype, torch.get_num_threads())
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
+                     t.grad_exchange, dtype, torch.get_num_threads())
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
         step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
                     autocast, device, hidden_loss(t))
 

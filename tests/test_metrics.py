@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from recoder_dist.metrics import (evaluate_batch, ndcg_at_k, popularity_scores, recall_at_k,
-                                  top_k)
+from recoder_dist.evaluation import model_scorer
+from recoder_dist.metrics import (ItemScores, evaluate_batch, ndcg_at_k, popularity_scores, recall_at_k,
+                                  top_k, top_k_blocks)
+from recoder_dist.models import RecoderAutoencoder
 
 
 def test_top_k_masks_foldin_and_keeps_scores():
@@ -80,3 +82,51 @@ def test_popularity_baseline():
 def test_heldout_offsets_must_match_users():
     with pytest.raises(ValueError, match="heldout_offsets has 2 entries for 3 users"):
         recall_at_k(TOP, np.array([0, 1]), np.array([3]), 3)
+
+
+def reference_top_k(scores: np.ndarray, rows, cols, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Full-catalogue ranking by (score descending, item id ascending), excluded entries -inf."""
+    masked = scores.astype(np.float32).copy()
+    masked[rows, cols] = -np.inf
+    order = np.stack([np.lexsort((np.arange(masked.shape[1]), -row)) for row in masked])[:, :k]
+    return np.take_along_axis(masked, order, axis=1), order
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 50, 64])
+def test_chunked_top_k_equals_full_top_k_ties_to_the_lower_id(chunk):
+    rng = np.random.default_rng(chunk)
+    scores = rng.integers(-3, 4, size=(6, 50)).astype(np.float32)  # many ties, negatives, zeros
+    scores[0, ::2] = -0.0  # -0.0 ties with 0.0
+    scores[1, :] = 1.5  # one row all tied
+    rows, cols = np.repeat(np.arange(6), 5), rng.integers(0, 50, size=30)
+    values, items = top_k_blocks(ItemScores.of(torch.from_numpy(scores)), rows, cols, 20, item_chunk=chunk)
+    expected_values, expected_items = reference_top_k(scores, rows, cols, 20)
+    assert items.tolist() == expected_items.tolist()
+    assert values.numpy().tolist() == expected_values.tolist()
+    assert items[1].tolist() == sorted(set(range(50)) - set(cols[rows == 1]))[:20]
+
+
+def test_top_k_is_capped_and_keeps_excluded_items_last():
+    scores = torch.tensor([[0.5, 0.1, 0.9]])
+    values, items = top_k_blocks(ItemScores.of(scores), [0], [2], 10, item_chunk=2)
+    assert items.tolist() == [[0, 1, 2]] and values[0, 2] == float("-inf")
+
+
+def test_model_scores_in_blocks_match_the_full_forward_and_rank_alike():
+    torch.manual_seed(0)
+    model = RecoderAutoencoder(37, (8, 4)).eval()
+    with torch.no_grad():
+        model.output_bias.normal_()
+        items, values, offsets = torch.tensor([1, 4, 7, 0, 36, 20]), torch.ones(6), torch.tensor([0, 3, 5, 6])
+        full = model(items, values, offsets, None)
+        blocks = model_scorer(model)(items, values, offsets)
+        assert blocks.num_items == 37
+        torch.testing.assert_close(torch.cat([blocks.block(s, min(s + 5, 37)) for s in range(0, 37, 5)], 1), full)
+        rows = torch.repeat_interleave(torch.arange(3), offsets.diff())
+        heldout_offsets, heldout = np.array([0, 2, 3, 5]), np.array([2, 30, 5, 9, 11])
+        one_block = evaluate_batch(ItemScores.of(torch.cat([blocks.block(0, 37)], 1)), rows, items,
+                                   heldout_offsets, heldout, recall_ks=(5,), ndcg_ks=(10,), item_chunk=37)
+        for chunk in (1, 4, 16):
+            chunked = evaluate_batch(blocks, rows, items, heldout_offsets, heldout, recall_ks=(5,), ndcg_ks=(10,),
+                                     item_chunk=chunk)
+            assert {k: v.tolist() for k, v in chunked.items()} == {k: v.tolist() for k, v in one_block.items()}

@@ -142,3 +142,13 @@ def test_load_refuses_weights_that_are_not_plain_tensors(recommender, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         Recommender.load(saved)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_scoring_in_item_chunks_answers_as_one_block(recommender, chunk):
+    chunked = Recommender(recommender.model, ITEMS, COUNTS, item_chunk=chunk)
+    histories = [["a"], ["b", "e"], [], ["zzz"], ITEMS[:4]]
+    for method in ("recommend", "similar"):
+        whole, parts = getattr(recommender, method)(histories, k=4), getattr(chunked, method)(histories, k=4)
+        assert parts.items == whole.items and parts.unknown == whole.unknown, method
+        assert np.allclose(np.concatenate(parts.scores), np.concatenate(whole.scores)), method
