@@ -41,6 +41,8 @@ from typing import Any, Mapping, Optional, Protocol
 
 import torch
 
+from recoder_dist.optim import touched_rows
+
 EXCHANGES = ("dense", "sparse", "sync_union")
 LAUNCHERS = ("horovod", "torchrun", "none")
 
@@ -260,19 +262,22 @@ class Workers:
                            target_items: Optional[torch.Tensor]) -> int:
         """Average gradients over ranks; returns the bytes this rank sent.
 
-        ``target_items`` are the rows of the item tables this step touched (None: all).
+        ``target_items`` are the rows of the item tables this step touched (None: all). Row-sparse
+        item gradients (sparse COO, ``RecoderAutoencoder(sparse=True)``) stay row-sparse and move
+        as rows in every mode (:meth:`_exchange_rows`); dense ones move as described above.
         """
         if mode not in EXCHANGES:
             raise ValueError(f"unknown gradient exchange {mode!r}; choose one of {', '.join(EXCHANGES)}")
         if self.size == 1:
             return 0
         named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
-        items = [p for n, p in named if n in item_names]
+        row_sparse = [p for n, p in named if n in item_names and p.grad.is_sparse]
+        items = [p for n, p in named if n in item_names and not p.grad.is_sparse]
         dense = [p for n, p in named if n not in item_names]
         if mode == "dense" or target_items is None:
             dense += items
             items = []
-        sent = self._average([p.grad for p in dense])
+        sent = self._average([p.grad for p in dense]) + self._exchange_rows(row_sparse, mode, target_items)
         if not items:
             return sent
         rows = target_items.to(items[0].grad.device)
@@ -290,9 +295,55 @@ class Workers:
             p.grad.div_(self.size)
         return sent
 
+    def _exchange_rows(self, params: list[torch.nn.Parameter], mode: str,
+                       target_items: Optional[torch.Tensor]) -> int:
+        """Average row-sparse gradients over ranks, keeping them row-sparse; bytes sent.
+
+        ``sparse``: allgather each rank's rows and values, sum duplicates (traffic grows with the
+        ranks). ``dense`` and ``sync_union``: each table's rows scattered into a block over the union
+        of the rows the ranks touched (ids allgathered first; under ``sync_union`` the decoder's rows
+        are the shared target set U already), blocks averaged in one grouped allreduce: ``≤ |U| × h``
+        each. No mode builds an ``n_items × h`` tensor, and every rank ends with the same rows.
+        """
+        if not params:
+            return 0
+        sent = 0
+        touched = [touched_rows(p.grad) for p in params]
+        if mode == "sparse":
+            for p, (rows, values) in zip(params, touched):
+                all_rows, all_values = self.backend.allgather([rows, values])
+                sent += rows.numel() * rows.element_size() + values.numel() * values.element_size()
+                p.grad = _row_gradient(p, all_rows, all_values.div_(self.size)).coalesce()
+            return sent
+        unions = []
+        for rows, _ in touched:
+            if mode == "sync_union" and target_items is not None and torch.equal(rows, target_items.to(rows.device)):
+                unions.append(target_items.to(rows.device))  # the decoder's rows: U itself, on every rank
+            else:  # the rows some rank touched (the encoder's: the ranks' batch items)
+                gathered, = self.backend.allgather([rows])
+                unions.append(torch.unique(gathered))
+                sent += rows.numel() * rows.element_size()
+        blocks = []
+        for (rows, values), union in zip(touched, unions):
+            block = values.new_zeros((union.numel(), values.shape[1]))
+            block[torch.searchsorted(union, rows.contiguous())] = values  # union ⊇ rows, both sorted
+            blocks.append(block)
+        sent += self._average(blocks)
+        for p, union, block in zip(params, unions, blocks):
+            p.grad = _row_gradient(p, union, block, coalesced=True)
+        return sent
+
     def _average(self, tensors: list[torch.Tensor]) -> int:
         """In-place average of ``tensors`` over ranks in one grouped call; bytes sent."""
         if not tensors:
             return 0
         self.backend.average_(tensors)
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _row_gradient(param: torch.nn.Parameter, rows: torch.Tensor, values: torch.Tensor,
+                  coalesced: bool = False) -> torch.Tensor:
+    """A sparse COO gradient of ``param`` holding ``values`` (r × d) at ``rows`` (sorted and unique
+    when ``coalesced``)."""
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values.reshape(rows.numel(), *param.shape[1:]), param.shape,
+                                   is_coalesced=coalesced or None, check_invariants=False)

@@ -259,9 +259,6 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
     if dtype_note and workers.is_root:
         log.warning(dtype_note)
     model = build_model(num_items, config).to(device)
-    if t.item_optimizer in ROW_RULES and workers.size > 1:
-        raise ValueError(f"train.item_optimizer={t.item_optimizer} trains on one process only for now (the gradient "
-                         f"exchange of row-sparse tables is not in yet); use train.item_optimizer=adam with several ranks")
     optimizer = build_optimizer(model, t.item_optimizer, t.lr, t.weight_decay, t.item_lr or None)
     scheduler = lr_scheduler(optimizer, t)
     steps = steps_per_epoch(n_train, t.batch_size, workers.size)
