@@ -39,7 +39,7 @@ def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not (grad.is_coalesced() or bool((rows[1:] > rows[:-1]).all())):  # autograd drops the flag
             grad = grad.coalesce()
             rows, values = grad.indices()[0], grad.values()
-        return rows, values.reshape(rows.numel(), -1)
+        return rows.contiguous(), values.reshape(rows.numel(), -1)  # contiguous: collectives need it
     return torch.arange(grad.shape[0], device=grad.device), grad.reshape(grad.shape[0], -1)
 
 
