@@ -50,12 +50,11 @@ def lazy_adam_rows(table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, 
     Same arithmetic as ``torch.optim.Adam``: L2 weight decay added to the gradient,
     ``m ← β1 m + (1 - β1) g``, ``v ← β2 v + (1 - β2) g²``,
     ``w ← w - lr / (1 - β1^t) · m / (√v / √(1 - β2^t) + ε)``, with ``t`` the row's count of
-    updates. ``state`` holds ``exp_avg``, ``exp_avg_sq`` (n × d) and ``row_step`` (n,), created on
-    first use.
+    updates. ``state`` holds ``moments`` (2 × n × d: ``m`` then ``v``, so that one gather and one
+    scatter move both, each half contiguous) and ``row_step`` (n,), created on first use.
     """
     if not state:
-        state["exp_avg"] = torch.zeros_like(table)
-        state["exp_avg_sq"] = torch.zeros_like(table)
+        state["moments"] = torch.zeros((2, *table.shape), dtype=table.dtype, device=table.device)
         state["row_step"] = torch.zeros(table.shape[0], dtype=torch.float32, device=table.device)
     weights = table.index_select(0, rows)
     grad = grad.to(table.dtype)
@@ -63,10 +62,11 @@ def lazy_adam_rows(table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, 
         grad = grad.add(weights, alpha=weight_decay)
     steps = state["row_step"].index_select(0, rows).add_(1)
     state["row_step"].index_copy_(0, rows, steps)
-    exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
-    exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    state["exp_avg"].index_copy_(0, rows, exp_avg)
-    state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+    moments = state["moments"].index_select(1, rows)
+    exp_avg, exp_avg_sq = moments[0], moments[1]
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    state["moments"].index_copy_(1, rows, moments)
     steps = steps.to(table.dtype).unsqueeze(1)
     root_correction2 = (1 - torch.pow(beta2, steps)).sqrt_()
     step_size = (1 - torch.pow(beta1, steps)).reciprocal_().mul_(lr)
