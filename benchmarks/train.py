@@ -167,16 +167,18 @@ class Datasets:
             (out / "benchmark-settings.json").write_text(json.dumps(settings))
         return out
 
-    def movielens_100k(self) -> Path:
-        from pipeline.datasets import movielens_100k
-        source = movielens_100k()
-        prepare = load_config(ROOT / "conf" / "ml-100k.yaml").prepare
-        out = self.root / "ml-100k"
+    def source(self, name: str, source: Path, fmt: str, prepare: PrepareConfig) -> Path:
+        """``source`` prepared with ``prepare`` into ``root/name`` (reused while the settings match)."""
+        out = self.root / name
         settings = {"source": str(source), "prepare": asdict(prepare)}
         if self._wanted(out, settings):
-            self._prepare(source, out, "recbole", prepare)
+            self._prepare(source, out, fmt, prepare)
             (out / "benchmark-settings.json").write_text(json.dumps(settings))
         return out
+
+    def movielens_100k(self) -> Path:
+        from pipeline.datasets import movielens_100k
+        return self.source("ml-100k", movielens_100k(), "recbole", load_config(ROOT / "conf" / "ml-100k.yaml").prepare)
 
     def close(self) -> None:
         if self.spark is not None:
