@@ -2,6 +2,8 @@
 
 Reads raw interactions (CSV, Parquet, MovieLens, RecBole), filters, indexes and splits them,
 and writes the prepared dataset (one row per user, id maps, manifest) that the trainer reads.
+Runs on the master spark-submit sets (``--master``, or ``spark.master`` in its properties file
+or ``$SPARK_CONF_DIR``); ``local[*]`` when none is set.
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="input format; auto infers it from names and extensions (default)")
     parser.add_argument("--config", help="YAML config (default: conf/default.yaml)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
-    parser.add_argument("--master", help="Spark master when not given to spark-submit (default local[*])")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, e.g. prepare.rating_threshold=3.5")
     return parser.parse_args(argv)
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.prepare import KIND, prepare
         check_output(Path(args.output).resolve(), KIND, args.overwrite, [args.input])  # before Spark starts
         from pipeline.spark import spark_session
-        spark = spark_session("recoder-prepare", args.master or "local[*]")
+        spark = spark_session("recoder-prepare")
         manifest = prepare(spark, args.input, args.output, args.format, config.prepare, args.overwrite)
     except (ConfigError, InputError, DatasetError, FileExistsError, ValueError) as error:
         print(f"prepare: error: {error}", file=stderr)

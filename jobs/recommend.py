@@ -3,6 +3,8 @@
 Top-k recommendations for every user of a prepared split (fold-in items as history), or for
 raw user histories given as a CSV/Parquet of (user, item) rows, from a registered model.
 Writes ``<output>/recommendations`` (Parquet: user_id, recommended, scores, unknown_items).
+Runs on the master spark-submit sets (``--master``, or ``spark.master`` in its properties file
+or ``$SPARK_CONF_DIR``); ``local[*]`` when none is set.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="MLflow model URI, e.g. models:/recoder@champion")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="prepared dataset (jobs/prepare.py output)")
-    source.add_argument("--histories", help="CSV/Parquet of (user, item) rows to score")
+    source.add_argument("--histories", help="CSV/Parquet of (user, item[, value]) rows to score")
     parser.add_argument("--split", default="test", help="split of --data to score (default test)")
     parser.add_argument("--format", default="auto", choices=FORMATS, help="format of --histories")
     parser.add_argument("--k", type=int, default=100, help="recommendations per user (default 100)")
@@ -37,7 +39,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of this job")
     parser.add_argument("--config", help="YAML config (column names of --histories, MLflow store)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the config's)")
-    parser.add_argument("--master", help="Spark master when not given to spark-submit (default local[*])")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return parser.parse_args(argv)
 
@@ -57,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         model_path = download_model(args.model, tracking_uri)
         from pipeline.sources import resolve_layout
         from pipeline.spark import spark_session
-        spark = spark_session("recoder-recommend", args.master or "local[*]")
+        spark = spark_session("recoder-recommend")
         rejected = {}
         if args.data:
             histories = recommend.split_histories(spark, args.data, args.split)
         else:
-            histories, rejected = recommend.raw_histories(spark, resolve_layout(args.histories, args.format,
-                                                                                config.prepare))
+            layout = resolve_layout(args.histories, args.format, config.prepare)
+            histories, rejected = recommend.raw_histories(spark, layout, config.prepare)
         summary = recommend.recommend(spark, model_path, histories, args.k, args.output, args.overwrite,
                                       extra={"model": args.model, "rejected_rows": rejected,
                                              "input": args.data or args.histories}, inputs=inputs)

@@ -175,6 +175,11 @@ def _not_utf8(text: Column) -> Column:
     return F.decode(text.cast("binary"), "UTF-8").contains("\ufffd")
 
 
+def input_columns(spark: SparkSession, layout: Layout) -> set[str]:
+    """The column names ``layout``'s input has (its header or Parquet schema; no rows are read)."""
+    return set(_read_raw(spark, layout).columns) - {CORRUPT}
+
+
 def _raw_text(raw: DataFrame, layout: Layout, corrupt: Column) -> Column:
     """The row as it was written, for ``rejected/``."""
     cols = [c for c in raw.columns if c != CORRUPT]

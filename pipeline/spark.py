@@ -4,16 +4,27 @@ from __future__ import annotations
 import io
 import os
 import sys
-from typing import Optional, TextIO
+from typing import TextIO
 
 from pyspark.sql import SparkSession
 
 
-def spark_session(app_name: str, master: Optional[str] = None) -> SparkSession:
-    """Get or create a session; ``master`` only applies when spark-submit did not set one."""
+DEFAULT_MASTER = "local[*]"
+
+
+def spark_session(app_name: str) -> SparkSession:
+    """Get or create a job's session on the master spark-submit chose.
+
+    spark-submit's ``--master``, a properties file's or ``$SPARK_CONF_DIR``'s ``spark.master``
+    reach the driver's SparkConf; ``SparkSession.builder.master`` would override them, so it is
+    called (with ``local[*]``) only when that SparkConf holds no master at all.
+    """
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # under spark-submit: its JVM, whose conf holds its settings
     builder = SparkSession.builder.appName(app_name)
-    if master:
-        builder = builder.master(master)
+    if not SparkConf().contains("spark.master"):
+        builder = builder.master(DEFAULT_MASTER)
     spark = (builder.config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.adaptive.enabled", "true")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")  # id maps to/from pandas
@@ -57,13 +68,13 @@ def driver_stderr() -> TextIO:
 
 def start_job_logging() -> TextIO:
     """Set up a spark-submit job's driver: logs to the terminal's stderr (returned, for error
-    messages), py4j quiet, Spark bound to loopback and executors on this Python unless told otherwise."""
+    messages), py4j quiet, executors on this Python unless told otherwise. The bind address and
+    the advertised host come from the Spark conf (``conf/spark-defaults.conf`` binds both to loopback)."""
     import logging
 
     stderr = driver_stderr()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=stderr)
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines would follow the job's summary
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return stderr

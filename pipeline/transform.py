@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,18 @@ def apply_threshold(pairs: DataFrame, threshold: float, binarize: bool) -> DataF
     """Keep pairs whose value exceeds ``threshold`` (0 keeps every positive value); optionally set values to 1."""
     kept = pairs.where(F.col("value") > threshold)
     return kept.withColumn("value", F.lit(1.0)) if binarize else kept
+
+
+def history_values(pairs: DataFrame, threshold: Optional[float], binarize: bool) -> DataFrame:
+    """A history's values as the prepare job values training pairs, for scoring.
+
+    Above ``threshold`` (null: 0) a pair keeps its value, or 1 when ``binarize``; at or below it
+    the value is 0: the item still counts as seen (it is not recommended back) but adds no
+    signal, as in training, where such pairs are absent.
+    """
+    cut = 0.0 if threshold is None else threshold
+    kept = F.lit(1.0) if binarize else F.col("value")
+    return pairs.withColumn("value", F.when(F.col("value") > cut, kept).otherwise(F.lit(0.0)))
 
 
 @dataclass(frozen=True)
