@@ -108,7 +108,7 @@ class MlflowConfig:
     """Tracking store, experiment and registry names (embedded default: local sqlite)."""
 
     tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_location: str = "mlruns"
+    artifact_location: str = "mlruns"  # a path: local stores only (a server keeps its own root); or a URI
     experiment: str = "recoder"
     registered_model: str = "recoder"
     enabled: bool = True

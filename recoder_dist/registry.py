@@ -28,15 +28,19 @@ SCORE_TAG = "val_ndcg_at_100"
 DATASET_TAG = "dataset"
 
 
-def register(client: MlflowClient, name: str, model_uri: str, run_id: str, val_ndcg: float, dataset: str) -> dict:
+def register(client: MlflowClient, name: str, model_uri: str, run_id: str, val_ndcg: float, dataset: str,
+             model_id: Optional[str] = None) -> dict:
     """Create a version of ``name`` from ``model_uri`` trained on ``dataset``, alias it, and
     promote it if it beats a champion of the same dataset (or there is none); the result's
-    ``decision`` says which happened and why (it is logged too)."""
+    ``decision`` says which happened and why (it is logged too).
+
+    ``model_id`` names the logged model behind a ``models:/m-…`` URI: a tracking server refuses
+    that source without it (a local store does not check)."""
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Recoder autoencoder (recoder-dist)")
-    version = client.create_model_version(name, model_uri, run_id=run_id,
+    version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
                                           tags={SCORE_TAG: f"{val_ndcg:.6f}", DATASET_TAG: dataset})
     client.set_registered_model_alias(name, CANDIDATE, version.version)
     champion = _alias_version(client, name, CHAMPION)

@@ -37,12 +37,22 @@ def configure(config: MlflowConfig) -> str:
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        location = config.artifact_location
-        if "://" not in location:
-            location = Path(location).resolve().as_uri()
+        location = experiment_location(config.tracking_uri, config.artifact_location)
         experiment_id = mlflow.create_experiment(config.experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def experiment_location(tracking_uri: str, artifact_location: str) -> Optional[str]:
+    """Where a new experiment keeps its artifacts: ``artifact_location`` when it is a URI
+    (``s3://…``); a local path only for a local store. Against a tracking server (``http(s)://``)
+    a local path would leave the artifacts on the training host, so the server's own root is used
+    (``None``; proxied ``mlflow-artifacts:`` with ``mlflow server --artifacts-destination``)."""
+    if "://" in artifact_location:
+        return artifact_location
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return Path(artifact_location).resolve().as_uri()
 
 
 class MlflowTracker:
@@ -99,7 +109,7 @@ class MlflowTracker:
             info = mlflow_model.log_model(saved, recommender.item_ids[:3].astype(str).tolist())
         val_ndcg = result.best_validation.get("ndcg_at_100", float("nan"))
         registration = registry.register(MlflowClient(), self.config.mlflow.registered_model, info.model_uri,
-                                         self.run_id, val_ndcg, dataset_id(self.manifest))
+                                         self.run_id, val_ndcg, dataset_id(self.manifest), model_id=info.model_id)
         mlflow.set_tags({"registered_model": registration["name"], "registered_version": registration["version"],
                          "checkpoint_dir": str(Path(result.best_checkpoint).parent)})
         mlflow.end_run("FINISHED")

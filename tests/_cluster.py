@@ -8,17 +8,20 @@ group and stopped by its PID; every wait is bounded.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from _data import stop_process_group
 
@@ -70,6 +73,27 @@ def private_tmp_unavailable() -> Optional[str]:
     return None
 
 
+@contextlib.contextmanager
+def shared_folder(base: Path) -> Iterator[Path]:
+    """A folder the driver and the worker both see: under ``base`` unless that lies in ``/tmp``
+    (pytest's default), else a fresh one in ``/var/tmp``, removed afterwards."""
+    if not Path(base).resolve().is_relative_to("/tmp"):
+        folder = Path(base) / "cluster-shared"
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    folder = Path(tempfile.mkdtemp(prefix="recoder-cluster-", dir="/var/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sees(process: subprocess.Popen, path: Path) -> bool:
+    """Whether ``path`` exists in ``process``'s mount namespace (through ``/proc/PID/root``)."""
+    return Path(f"/proc/{process.pid}/root{Path(path).resolve()}").exists()
+
+
 @dataclass
 class Cluster:
     """A running standalone cluster: ``url`` for ``--master``, ``webui`` for its JSON status."""
@@ -91,6 +115,10 @@ class Cluster:
         """The executors' stderr (the worker's work folder), for failure messages."""
         logs = sorted((self.folder / "work").glob("*/*/stderr"))
         return "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in logs)
+
+    @property
+    def worker(self) -> subprocess.Popen:
+        return self.processes[1]
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -129,34 +157,60 @@ def start_cluster(folder: Path, cores: int = 2, memory: str = "2g") -> Cluster:
 
 
 @dataclass
-class TrackingServer:
-    """A running ``mlflow server``: ``uri`` is its tracking URI."""
+class Service:
+    """A running HTTP service on 127.0.0.1 (its base ``url``), stopped by its process group."""
 
-    uri: str
+    url: str
     process: subprocess.Popen
 
     def stop(self) -> None:
         stop_process_group(self.process)
 
 
-def start_tracking_server(folder: Path) -> TrackingServer:
-    """``mlflow server`` on 127.0.0.1: sqlite backend and proxied artifacts (``mlflow-artifacts:``)
-    under ``folder``, as a team server would run with a database and an object store."""
+def _start_service(command: list[str], url: str, ready_path: str, folder: Path, env: dict, what: str) -> Service:
+    log = folder / f"{what.replace(' ', '-')}.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=folder, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    service = Service(url, process)
+    try:
+        wait_until(lambda: urllib.request.urlopen(f"{url}{ready_path}", timeout=2).status == 200, what, process, log)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def start_tracking_server(folder: Path) -> Service:
+    """``mlflow server`` on 127.0.0.1 (its URL is the tracking URI): sqlite backend and proxied
+    artifacts (``mlflow-artifacts:``) under ``folder``, as a team server runs with a database and
+    an object store."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = folder / "server.log"
-    with open(log, "w") as output:
-        process = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-             "--artifacts-destination", str(folder / "artifacts")],
-            cwd=folder, env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    server = TrackingServer(f"http://127.0.0.1:{port}", process)
+    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+               "--artifacts-destination", str(folder / "artifacts")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return _start_service(command, f"http://127.0.0.1:{port}", "/health", folder, env, "mlflow server")
+
+
+def serve_model(model_uri: str, tracking_uri: str, folder: Path) -> Service:
+    """``mlflow models serve -m MODEL_URI --env-manager local`` on 127.0.0.1, the model taken from
+    ``tracking_uri``; ready once ``/ping`` answers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "-p", str(port), "-h", "127.0.0.1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
+    return _start_service(command, f"http://127.0.0.1:{port}", "/ping", folder, env, "mlflow models serve")
+
+
+def post_json(url: str, payload: dict, timeout: float = 60) -> tuple[int, dict]:
+    """POST ``payload`` as JSON; the status and the decoded answer (errors included)."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
     try:
-        wait_until(lambda: urllib.request.urlopen(f"{server.uri}/health", timeout=2).status == 200,
-                   "mlflow server", process, log)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
