@@ -65,6 +65,10 @@ if ! "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null; then
   "${PIP[@]}" install 'cloudpickle' 'psutil' 'pyyaml' 'packaging' 'cffi>=1.4.0'
 fi
 
+# bare `spark-submit jobs/...` reads conf/spark-defaults.conf: activate exports SPARK_CONF_DIR
+# (unless one is set already, e.g. a cluster's own)
+bash scripts/activate_spark_conf.sh "$VENV/bin/activate" conf
+
 log "checking horovod: allreduce across 2 ranks"
 "$VENV/bin/python" -c "import horovod.torch as hvd; print('horovod', hvd.__version__ if hasattr(hvd,'__version__') else '', 'gloo built:', hvd.gloo_built())"
 PATH="$PWD/$VENV/bin:$PATH" OMP_NUM_THREADS=1 "$VENV/bin/horovodrun" -np 2 --gloo \
