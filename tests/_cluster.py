@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,18 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from _data import stop_process_group
+from _data import free_port, stop_process_group
 
 BIN = Path(sys.executable).parent
 PRIVATE_TMP = ["unshare", "--mount", "--propagation", "private", "bash", "-c",
                'mount -t tmpfs none /tmp && exec "$@"', "private-tmp"]
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def http_json(url: str, timeout: float = 5) -> dict:
