@@ -30,8 +30,8 @@ FINISHED = "finished.json"
 LOCK = ".lock"
 
 
-CONTINUE_FINISHED = ("--resume continues only unfinished runs; to train more, start a new run (without --resume, "
-                     "e.g. with more train.epochs)")
+CONTINUE_FINISHED = ("--resume continues only unfinished runs; to train more, start a new run from a run's final "
+                     "weights with --init-from RUN_FOLDER instead of --resume")
 
 
 class ResumeError(ValueError):

@@ -59,8 +59,9 @@ class MlflowTracker:
     """Records one training run in MLflow and registers its model."""
 
     def __init__(self, config: Config, manifest: dict, data_dir: str, ranks: int, device: str,
-                 run_id: Optional[str] = None, history: Sequence[dict] = ()) -> None:
-        """``run_id`` and ``history`` (the epochs recorded in the checkpoint) resume a run."""
+                 run_id: Optional[str] = None, history: Sequence[dict] = (), init_from: Optional[Path] = None) -> None:
+        """``run_id`` and ``history`` (the epochs recorded in the checkpoint) resume a run;
+        ``init_from`` (the run folder a new run starts from) is recorded as a tag."""
         self.resumed_status = _resumable_status(config.mlflow.tracking_uri, run_id) if run_id else None
         configure(config.mlflow)
         self.config, self.manifest, self.data_dir = config, manifest, data_dir
@@ -77,7 +78,8 @@ class MlflowTracker:
                 "data.schema_version": manifest["schema_version"], "data.num_items": manifest["num_items"],
                 **{f"data.num_users.{k}": v for k, v in manifest["num_users"].items()},
                 "data.nnz_train": manifest["nnz"]["train"]["items"]})
-            mlflow.set_tags({"git_commit": _git_commit(), "horovod_size": ranks, "device": device})
+            mlflow.set_tags({"git_commit": _git_commit(), "horovod_size": ranks, "device": device,
+                             **({"init_from": str(Path(init_from).resolve())} if init_from else {})})
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics({k: v for k, v in metrics.items() if k in METRIC_NAMES}, step=epoch)

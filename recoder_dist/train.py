@@ -1,11 +1,12 @@
 """horovodrun -np N | torchrun --nproc-per-node N  python -m recoder_dist.train --data DIR [--config conf/X.yaml]
-[--resume | --resume-from RUN] [section.key=value ...]
+[--resume | --resume-from RUN | --init-from RUN] [section.key=value ...]
 
 Trains the autoencoder on a prepared dataset with batch-union sampling, on the ranks horovodrun
 or torchrun started (``recoder_dist.distributed`` tells which); without either it trains in one
 process. Prints the test metrics as one JSON line at the end (rank 0). Each run checkpoints
 into its own folder under train.checkpoint_dir; --resume continues the latest unfinished one
-(and its MLflow run), --resume-from a given one; a finished run is never resumed.
+(and its MLflow run), --resume-from a given one; a finished run is never resumed, but
+--init-from starts a new run from its weights.
 ``spark-submit jobs/train.py`` runs the same training on a Spark cluster (:func:`train_everywhere`).
 """
 from __future__ import annotations
@@ -46,6 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "without one, start afresh")
     parser.add_argument("--resume-from", metavar="RUN", type=Path,
                         help="continue this unfinished run: its folder under train.checkpoint_dir, or its last.pt")
+    parser.add_argument("--init-from", metavar="RUN", type=Path,
+                        help="start a new run from the final weights of run RUN (e.g. a finished one: train it "
+                             "longer); the optimizer and the lr schedule start afresh")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return parser.parse_args(argv)
 
@@ -92,6 +96,10 @@ def _train(args: argparse.Namespace, workers) -> tuple[int, dict | None]:
     signal.signal(signal.SIGINT, _stop)
     tracker, run_state = None, {}
     resume = bool(args.resume or args.resume_from)
+    if args.init_from and resume:
+        print(f"train: error (rank {workers.rank}): --init-from starts a new run; it cannot be combined with "
+              f"--resume or --resume-from", file=sys.stderr)
+        return 2, None
     try:
         config = load_config(args.config, args.overrides)
         explicit = any(o.startswith("mlflow.tracking_uri=") for o in args.overrides)  # the command line wins
@@ -103,9 +111,11 @@ def _train(args: argparse.Namespace, workers) -> tuple[int, dict | None]:
             from recoder_dist.tracking import MlflowTracker
             previous = checkpoint.load(resume / checkpoint.LAST) if resume else {}
             tracker = MlflowTracker(config, read_manifest(args.data), args.data, workers.size, str(workers.device()),
-                                    previous.get("run_state", {}).get("mlflow_run_id"), previous.get("history", []))
+                                    previous.get("run_state", {}).get("mlflow_run_id"), previous.get("history", []),
+                                    args.init_from)
             run_state = {"mlflow_run_id": tracker.run_id}
-        result = fit(config, args.data, workers, resume=resume, tracker=tracker, run_state=run_state)
+        result = fit(config, args.data, workers, resume=resume, tracker=tracker, run_state=run_state,
+                     init_from=args.init_from)
         registration = tracker.finish(result, checkpoint.load(result.best_checkpoint)) if tracker else None
     except (ConfigError, DatasetError, ValueError) as error:
         if tracker:

@@ -138,6 +138,22 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return found
 
 
+def _initial_weights(source: Path, identity: dict) -> dict[str, torch.Tensor]:
+    """The final weights of the run in folder ``source`` (or its ``last.pt``), checked to be of
+    the same data and model; ResumeError otherwise."""
+    path = source if source.suffix == ".pt" else source / checkpoint.LAST
+    state = checkpoint.load(path)
+    if state is None:
+        raise checkpoint.ResumeError(f"--init-from {source}: no {path.name} there; give a run folder under "
+                                     f"train.checkpoint_dir or its {checkpoint.LAST}")
+    saved = {k: state["identity"].get(k) for k in ("data", "created_at", "model")}
+    differences = _differences(saved, {k: identity[k] for k in saved})
+    if differences:
+        raise checkpoint.ResumeError(f"--init-from {path}: its weights are for other data or another model "
+                                     f"({'; '.join(differences)}); start from a run of this dataset and model")
+    return state["model"]
+
+
 @dataclass(frozen=True)
 class Step:
     """Everything one training step uses besides the batch."""
@@ -219,7 +235,8 @@ def _stops_early(history: list[dict], best: dict, patience: int, workers: Worker
 
 def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str, Path] = False,
         tracker: Optional[Tracker] = None, run_state: Optional[dict] = None,
-        on_epoch_end: Optional[Callable[[int, torch.nn.Module, dict], None]] = None) -> TrainResult:
+        on_epoch_end: Optional[Callable[[int, torch.nn.Module, dict], None]] = None,
+        init_from: Optional[Path] = None) -> TrainResult:
     """Train on ``data_dir`` (a prepared dataset), evaluate, checkpoint; returns the result.
 
     ``on_epoch_end(epoch, model, record)`` is called on every rank after each epoch (e.g. to
@@ -231,6 +248,8 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
     rank 0's value and files are used: it reads the checkpoint and broadcasts it, so the other
     ranks' hosts need not see the folder. A checkpoint of other data, settings or number of ranks,
     or a finished or live run, is refused on every rank with ``checkpoint.ResumeError``.
+    ``init_from`` (a run folder, read by rank 0; not with ``resume``) starts a fresh run from that
+    run's final weights, for the same data and model; its optimizer and schedule start afresh.
 
     ``run_state`` is opaque tracker state stored in checkpoints (the MLflow run id), so that a
     resumed run continues the same tracked run.
@@ -270,6 +289,9 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
     if workers.is_root:
         try:
             run_dir, state = _open_run(Path(t.checkpoint_dir), resume, identity)
+            if init_from is not None:
+                model.load_state_dict(_initial_weights(Path(init_from), identity))
+                log.info("starting from the weights of %s", init_from)
             opened = {"run_dir": str(run_dir)}
         except checkpoint.ResumeError as error:
             opened = {"error": str(error)}

@@ -232,12 +232,13 @@ def mlflow_store(folder: Path) -> tuple[str, list[str]]:
 
 
 def train_command(ranks: int, data_dir: Path, folder: Path, extra: Sequence[str] = (),
-                  resume: bool = False) -> list[str]:
-    """``[horovodrun -np R] python -m recoder_dist.train`` (the product entry point) into ``folder``'s store."""
+                  resume: bool = False, options: Sequence[str] = ()) -> list[str]:
+    """``[horovodrun -np R] python -m recoder_dist.train [options]`` (the product entry point) into
+    ``folder``'s store."""
     _, store = mlflow_store(folder)
     overrides = [*MLFLOW_TRAIN, f"train.batch_size={GLOBAL_BATCH // ranks}", *store, *extra]
     worker = [sys.executable, "-m", "recoder_dist.train", "--data", str(data_dir), *(["--resume"] if resume else []),
-              *overrides]
+              *options, *overrides]
     if ranks == 1:
         return worker
     return [str(Path(sys.executable).with_name("horovodrun")), "-np", str(ranks), "--gloo", *worker]

@@ -1,7 +1,8 @@
 """Training runs side by side and across their lifecycle, with the product entry point
 (``python -m recoder_dist.train``) and private sqlite MLflow stores: two concurrent runs sharing
 one ``train.checkpoint_dir`` each register their own weights; Ctrl-C marks a run KILLED and
-``--resume`` continues it, but not against another store."""
+``--resume`` continues it, but not against another store; ``--init-from`` trains a finished run
+on as a new run."""
 from __future__ import annotations
 
 import signal
@@ -123,3 +124,22 @@ def test_ctrl_c_marks_the_run_killed_and_resume_continues_it_in_its_own_store_on
     assert train_result(resumed.stdout)["mlflow_run_id"] == run.info.run_id
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     assert checkpoint.is_finished(run_dir) and run_folder(folder / "checkpoints") == run_dir
+
+    # the finished run trains on as a new run, from its final weights (not for another model)
+    other_model = subprocess.run(train_command(1, data, folder, ["train.epochs=1", "model.hidden_sizes=[32]"],
+                                               options=["--init-from", str(run_dir)]),
+                                 cwd=folder, env=environment(1), capture_output=True, text=True, timeout=300)
+    assert other_model.returncode == 2, other_model.stderr[-3000:]
+    assert (f"--init-from {run_dir / checkpoint.LAST}: its weights are for other data or another model "
+            f"(model.hidden_sizes: [64] in the checkpoint, [32] now)") in other_model.stderr
+    longer = subprocess.run(train_command(1, data, folder, ["train.epochs=1"], options=["--init-from", str(run_dir)]),
+                            cwd=folder, env=environment(1), capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    new_run = client.get_run(train_result(longer.stdout)["mlflow_run_id"])
+    assert new_run.info.run_id != run.info.run_id and new_run.info.status == "FINISHED"
+    assert new_run.data.tags["init_from"] == str(run_dir)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    new_dir = Path(new_run.data.tags["checkpoint_dir"])
+    assert new_dir != run_dir and new_dir.parent == run_dir.parent
+    first_epoch = [checkpoint.load(d / checkpoint.LAST)["history"][0]["train_loss"] for d in (new_dir, run_dir)]
+    assert first_epoch[0] < first_epoch[1]  # it started trained
