@@ -141,8 +141,8 @@ def _resumable_status(tracking_uri: str, run_id: str) -> str:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise ResumeError(f"--resume: the checkpoint continues MLflow run {run_id}, which the configured tracking "
-                          f"store (mlflow.tracking_uri or $MLFLOW_TRACKING_URI) does not hold: resume against the "
-                          f"store that run was tracked in, or train without --resume") from None
+                          f"store (mlflow.tracking_uri or $MLFLOW_TRACKING_URI: {mask(tracking_uri)}) does not hold: "
+                          f"resume against the store that run was tracked in, or train without --resume") from None
     if run.info.status == "FINISHED":
         raise ResumeError(f"--resume: MLflow run {run_id} is FINISHED. {CONTINUE_FINISHED}")
     return run.info.status

@@ -112,7 +112,8 @@ def test_ctrl_c_marks_the_run_killed_and_resume_continues_it_in_its_own_store_on
                            cwd=elsewhere, env=environment(1), capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2, wrong.stderr[-3000:]
     assert (f"train: error (rank 0): --resume: the checkpoint continues MLflow run {run.info.run_id}, which the "
-            f"configured tracking store (mlflow.tracking_uri or $MLFLOW_TRACKING_URI) does not hold") in wrong.stderr
+            f"configured tracking store (mlflow.tracking_uri or $MLFLOW_TRACKING_URI: {mlflow_store(elsewhere)[0]}) "
+            f"does not hold") in wrong.stderr
     assert "Traceback" not in wrong.stderr
     other = MlflowClient(mlflow_store(elsewhere)[0])
     assert other.search_runs([e.experiment_id for e in other.search_experiments()]) == []
