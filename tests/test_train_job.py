@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from _data import GLOBAL_BATCH, MLFLOW_TRAIN, MODEL_NAME, ROOT, environment, mlflow_store, prepared_dataset
+from _data import GLOBAL_BATCH, MLFLOW_TRAIN, MODEL_NAME, ROOT, environment, mlflow_store, prepared_dataset, run_folder
 from pipeline.manifest import read_manifest
+from recoder_dist import checkpoint
 from recoder_dist.distributor import distributor_settings
 
 SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
@@ -64,7 +65,8 @@ def test_job_logs_one_finished_run_and_registers_a_version(job):
     assert summary["registered"]["name"] == MODEL_NAME and summary["registered"]["version"] == 1
     version = client.get_model_version(MODEL_NAME, "1")
     assert version.run_id == run.info.run_id
-    assert (folder / "checkpoints" / "best.pt").is_file() and (folder / "checkpoints" / "last.pt").is_file()
+    run_dir = run_folder(folder / "checkpoints")
+    assert (run_dir / checkpoint.BEST).is_file() and checkpoint.is_finished(run_dir)
 
 
 def test_job_refuses_a_missing_dataset_before_training(tmp_path):
