@@ -1,4 +1,4 @@
-"""spark-submit jobs/train.py --data DIR --num-processes N [--config conf/X.yaml] [--resume | --resume-from RUN]
+"""spark-submit [--master M] jobs/train.py --data DIR --num-processes N [--config conf/X.yaml] [--resume | --resume-from RUN]
 [section.key=value ...]
 
 Trains on the Spark cluster itself, without horovodrun, ssh or MPI: Spark's TorchDistributor
@@ -40,7 +40,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "without one, start afresh")
     parser.add_argument("--resume-from", metavar="RUN",
                         help="continue this unfinished run: its folder under train.checkpoint_dir, or its last.pt")
-    parser.add_argument("--master", help="Spark master when not given to spark-submit (default local[*])")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return parser.parse_args(argv)
 
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         read_manifest(args.data)
         from pipeline.spark import spark_session
         from recoder_dist.distributor import train_argv, train_on_spark
-        spark = spark_session("recoder-train", args.master or "local[*]")
+        spark = spark_session("recoder-train")  # spark-submit's master (local[*] when it sets none)
         summary = train_on_spark(spark, args.num_processes,
                                  train_argv(args.data, args.config, args.resume, args.resume_from, args.overrides), config)
     except (ConfigError, DatasetError, ValueError) as error:
