@@ -80,12 +80,43 @@ def check_exchange(workers: Workers, mode: str) -> dict:
     return {"bytes_sent": sent, "max_abs_error": worst, "targets": int(targets.numel())}
 
 
+def check_row_exchange(workers: Workers, mode: str) -> dict:
+    """Row-sparse item gradients (sparse COO, as ``RecoderAutoencoder(sparse=True)`` makes them):
+    the exchange averages them like a dense allreduce of the full tables, and leaves them row-sparse
+    with no more rows than the ranks touched."""
+    model = RecoderAutoencoder(NUM_ITEMS, HIDDEN, sparse=True)
+    mine = torch.from_numpy(rows_of(workers.rank))
+    targets = workers.global_union(mine) if mode == "sync_union" else mine
+    encoder_rows = mine[::2]  # the batch's items: a subset of the target set
+    gen = torch.Generator().manual_seed(2000 + workers.rank)
+    for name, p in model.named_parameters():
+        if name in model.item_parameter_names():
+            rows = encoder_rows if name == "item_embedding.weight" else targets
+            values = torch.randn((rows.numel(), *p.shape[1:]), generator=gen)
+            p.grad = torch.sparse_coo_tensor(rows[None], values, p.shape, check_invariants=True)
+        else:
+            p.grad = torch.randn(p.shape, generator=gen)
+    reference = {n: dense_average(p.grad.to_dense(), f"rows.{mode}.{n}") for n, p in model.named_parameters()}
+    sent = workers.exchange_gradients(model, model.item_parameter_names(), mode, targets)
+    worst, nnz = 0.0, {}
+    for name, p in model.named_parameters():
+        if name in model.item_parameter_names():
+            assert p.grad.is_sparse, f"{mode}: {name} came back dense"
+            touched = p.grad.coalesce().indices()[0]
+            nnz[name] = int(touched.numel())
+        got = p.grad.to_dense()
+        torch.testing.assert_close(got, reference[name], rtol=1e-6, atol=1e-6, msg=lambda m: f"rows {mode}: {name}: {m}")
+        worst = max(worst, float((got - reference[name]).abs().max()))
+    return {"bytes_sent": sent, "max_abs_error": worst, "rows": nnz}
+
+
 def main() -> int:
     out = Path(sys.argv[1])
     workers = Workers.start()
     report: dict = {"rank": workers.rank, "size": workers.size, "launcher": launched_by(os.environ), "exchanges": {}}
     for mode in EXCHANGES:
         report["exchanges"][mode] = check_exchange(workers, mode)
+    report["row_exchanges"] = {mode: check_row_exchange(workers, mode) for mode in EXCHANGES}
 
     expected = np.unique(np.concatenate([rows_of(r) for r in range(workers.size)]))
     union = workers.global_union(torch.from_numpy(rows_of(workers.rank)))

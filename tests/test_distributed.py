@@ -46,6 +46,28 @@ def test_row_exchanges_send_less_than_dense(reports):
         assert 0 < sent["sparse"] < sent["dense"]
 
 
+@pytest.mark.parametrize("mode", EXCHANGES)
+def test_row_sparse_gradients_stay_rows_and_match_dense_allreduce(reports, mode):
+    # the helper asserts allclose to a dense allreduce and a sparse layout on each rank
+    union = len(reports[0]["union"])
+    for report in reports:
+        got = report["row_exchanges"][mode]
+        assert got["max_abs_error"] == 0.0
+        # never more rows than the ranks touched together: |U| for the decoder, fewer for the encoder
+        assert got["rows"]["output_weight"] == got["rows"]["output_bias"] == union
+        assert got["rows"]["item_embedding.weight"] < union
+    rows = [r["row_exchanges"][mode]["rows"] for r in reports]
+    assert rows[0] == rows[1]
+
+
+def test_row_sparse_exchanges_send_rows_not_tables(reports):
+    for report in reports:
+        sent = {mode: report["row_exchanges"][mode]["bytes_sent"] for mode in EXCHANGES}
+        dense_rows = report["exchanges"]["dense"]["bytes_sent"]
+        assert all(0 < s for s in sent.values())
+        assert sent["sync_union"] <= sent["dense"] < dense_rows  # no mode moves the full tables
+
+
 def test_global_union_is_the_sorted_union_on_every_rank(reports):
     unions = [r["union"] for r in reports]
     assert unions[0] == unions[1] == sorted(set(unions[0]))

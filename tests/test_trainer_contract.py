@@ -105,6 +105,21 @@ class TestTorchrunTwoNodesSyncUnion(TrainerContract):
     extra = ("train.grad_exchange=sync_union",)
 
 
+class TestHorovodLazyAdamDense(TrainerContract):
+    ranks = 2
+    extra = ("train.item_optimizer=lazy_adam",)
+
+
+class TestHorovodLazyAdamSparse(TrainerContract):
+    ranks = 2
+    extra = ("train.item_optimizer=lazy_adam", "train.grad_exchange=sparse")
+
+
+class TestHorovodLazyAdamSyncUnion(TrainerContract):
+    ranks = 2
+    extra = ("train.item_optimizer=lazy_adam", "train.grad_exchange=sync_union")
+
+
 def test_one_process_and_horovod_agree_on_the_epoch(data, tmp_path_factory):
     """Same global batch, same steps and users per epoch, whether 1 × 100 or 2 × 50 users."""
     base = tmp_path_factory.getbasetemp()
