@@ -94,7 +94,7 @@ def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, nu
 
 # Settings that cannot change the weights a run produces: a resume may change them freely.
 NOT_IDENTITY = frozenset({"epochs", "checkpoint_dir", "threads", "reader_pool", "reader_workers", "eval_every",
-                          "eval_batch_size", "patience"})
+                          "eval_batch_size", "patience", "mse_form"})  # mse_form: the same loss, two ways
 
 
 def _identity(config: Config, manifest: dict, ranks: int) -> dict[str, Any]:
