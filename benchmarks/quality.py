@@ -27,9 +27,9 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train import (CORES, ROOT, Datasets, Measured, als_baseline, ease_scorer, evaluate, item_counts,  # noqa: E402
+from train import (CORES, ROOT, Datasets, Measured, als_baseline, ease_on_validation, evaluate, item_counts,  # noqa: E402
                    manifest, ranked_scorer, run_baseline, baseline_input, seconds_to_reach, table, train,
-                   train_matrix, RECODER_SETUP)
+                   RECODER_SETUP)
 
 from recoder_dist.config import load_config  # noqa: E402
 
@@ -48,16 +48,7 @@ def source(name: str) -> Path:
 
 def ease(data: Path) -> tuple[Measured, float]:
     """EASE with λ best on validation: its test metrics and that validation NDCG@100."""
-    x = train_matrix(data)
-    best = None
-    for lam in LAMBDAS:
-        started = time.perf_counter()
-        scorer = ease_scorer(x, lam)
-        fit_s = time.perf_counter() - started
-        val = evaluate(scorer, data, "validation")["ndcg_at_100"]
-        if best is None or val > best[0]:
-            best = (val, lam, scorer, fit_s)
-    val, lam, scorer, fit_s = best
+    val, lam, scorer, fit_s = ease_on_validation(data, LAMBDAS)
     return Measured(evaluate(scorer, data), fit_s, f"λ={lam:g}", validation_ndcg=val, fit_s=fit_s), val
 
 

@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -357,6 +357,21 @@ def ease_scorer(x: np.ndarray, lam: float):
     return score
 
 
+def ease_on_validation(data: Path, lambdas: Sequence[float]) -> tuple[float, float, Callable, float]:
+    """EASE at the λ of ``lambdas`` with the best validation NDCG@100: that NDCG, λ, the scorer
+    and its fit seconds."""
+    x = train_matrix(data)
+    best = None
+    for lam in lambdas:
+        started = time.perf_counter()
+        scorer = ease_scorer(x, lam)
+        fit_s = time.perf_counter() - started
+        val = evaluate(scorer, data, "validation")["ndcg_at_100"]
+        if best is None or val > best[0]:
+            best = (val, lam, scorer, fit_s)
+    return best
+
+
 def evaluate(scorer, data: Path, split: str = "test") -> dict:
     from recoder_dist.evaluation import means, metric_sums
     from recoder_dist.feed import read_heldout
@@ -659,16 +674,8 @@ def quality_section(data: Path, epochs: int, work: Path, baselines: bool) -> lis
     started = time.perf_counter()
     pop = evaluate(popularity_scorer(item_counts(data)), data)
     results["popularity"] = Measured(pop, time.perf_counter() - started, "training counts")
-    x = train_matrix(data)
-    best = None
-    for lam in (100.0, 500.0, 2000.0):  # λ chosen on validation, as the autoencoder's epoch
-        started = time.perf_counter()
-        scorer = ease_scorer(x, lam)
-        fit_s = time.perf_counter() - started
-        val = evaluate(scorer, data, "validation")["ndcg_at_100"]
-        if best is None or val > best[0]:
-            best = (val, lam, scorer, fit_s)
-    _, lam, scorer, fit_s = best
+    # λ chosen on validation, as the autoencoder's epoch
+    _, lam, scorer, fit_s = ease_on_validation(data, (100.0, 500.0, 2000.0))
     started = time.perf_counter()
     results["EASE"] = Measured(evaluate(scorer, data), fit_s + time.perf_counter() - started,
                                f"λ={lam:g} (best on validation)")
