@@ -59,6 +59,7 @@ import torch  # noqa: E402
 from pipeline.synthetic import generate  # noqa: E402
 from recoder_dist.allocator import reuse_freed_memory  # noqa: E402
 from recoder_dist.config import SyntheticConfig, load_config  # noqa: E402
+from recoder_dist.csr import entry_rows, offsets_of  # noqa: E402
 from recoder_dist.distributed import Workers  # noqa: E402
 from recoder_dist.metrics import ndcg_at_k, recall_at_k, top_k  # noqa: E402
 from recoder_dist.sampling import UserRows, make_batches  # noqa: E402
@@ -90,9 +91,8 @@ class Data:
 
 def csr(users: np.ndarray, items: np.ndarray, n_users: int) -> UserRows:
     """UserRows of (user, item) pairs sorted by user, values 1.0."""
-    offsets = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=n_users), out=offsets[1:])
-    return UserRows(np.arange(n_users), offsets, items, np.ones(len(items), np.float32))
+    return UserRows(np.arange(n_users), offsets_of(np.bincount(users, minlength=n_users)), items,
+                    np.ones(len(items), np.float32))
 
 
 def synthetic_data(config: SyntheticConfig) -> Data:
@@ -139,12 +139,7 @@ def split_users(users: np.ndarray, items: np.ndarray, num_items: int, seed: int 
 
 
 def shuffled(rows: UserRows, rng: np.random.Generator) -> UserRows:
-    order = rng.permutation(len(rows))
-    lengths = np.diff(rows.offsets)[order]
-    offsets = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    take = np.repeat(rows.offsets[order] - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return UserRows(rows.user_idx[order], offsets, rows.items[take], rows.values[take])
+    return rows.take(rng.permutation(len(rows)))
 
 
 def make_step(data: Data, form: str, full: bool) -> Step:
@@ -171,8 +166,7 @@ def quality(model: torch.nn.Module, data: Data) -> dict[str, float]:
         for start in range(0, len(data.foldin), 1000):
             part = data.foldin.slice(start, start + 1000)
             scores = model(torch.from_numpy(part.items), torch.from_numpy(part.values), torch.from_numpy(part.offsets))
-            rows = np.repeat(np.arange(len(part)), np.diff(part.offsets))
-            top.append(top_k(scores, rows, part.items, 100).numpy())
+            top.append(top_k(scores, entry_rows(part.offsets), part.items, 100).numpy())
     return ranked_quality(np.concatenate(top), data)
 
 

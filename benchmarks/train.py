@@ -342,6 +342,8 @@ def ease_scorer(x: np.ndarray, lam: float):
     """EASE (Steck 2019, "Embarrassingly Shallow Autoencoders"): ``B = I - P·diag(1/diag(P))``
     with ``P = (XᵀX + λI)⁻¹``, zero diagonal; scores ``x_user · B``."""
     import torch
+
+    from recoder_dist.csr import entry_rows
     gram = (x.T.astype(np.float64) @ x.astype(np.float64))
     gram[np.diag_indices_from(gram)] += lam
     p = np.linalg.inv(gram)
@@ -350,9 +352,8 @@ def ease_scorer(x: np.ndarray, lam: float):
     weights = torch.from_numpy(weights.astype(np.float32))
 
     def score(items, values, offsets):
-        rows = torch.repeat_interleave(torch.arange(offsets.numel() - 1), torch.diff(offsets))
         dense = torch.zeros(offsets.numel() - 1, weights.shape[0])
-        dense[rows, items] = values.float()
+        dense[entry_rows(offsets), items] = values.float()
         return dense @ weights
     return score
 
@@ -438,12 +439,13 @@ def baseline_input(data: Path, path: Path) -> Path:
     (what the baselines in their own venvs read)."""
     import pyarrow.parquet as pq
 
+    from recoder_dist.csr import offsets_of
     from recoder_dist.feed import read_heldout
     if path.is_file():
         return path
     table = pq.read_table(data / "train", columns=["items", "values"])
     lengths = np.array([len(x) for x in table["items"].to_pylist()], dtype=np.int64)
-    arrays = _csr_arrays("train", np.concatenate([[0], np.cumsum(lengths)]),
+    arrays = _csr_arrays("train", offsets_of(lengths),
                          np.concatenate(table["items"].to_pylist()), np.concatenate(table["values"].to_pylist()))
     for split in ("validation", "test"):
         rows = read_heldout(data, split)

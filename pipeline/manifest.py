@@ -22,6 +22,12 @@ class DatasetError(ValueError):
     """A path is not a complete prepared dataset of a schema this code reads."""
 
 
+def local_path(directory: str | Path) -> Path:
+    """A dataset folder given as a local path or a ``file://`` URL, as a path (the readers of a
+    prepared dataset, Spark's aside, read local or mounted folders only)."""
+    return Path(str(directory).removeprefix("file://"))
+
+
 def fingerprint(paths: Iterable[str]) -> str:
     """SHA-256 over the names, sizes and bytes of the input files (order-independent)."""
     digest = hashlib.sha256()
@@ -43,7 +49,7 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of a prepared dataset, checked for completeness and schema version."""
-    directory = Path(str(directory).removeprefix("file://"))
+    directory = local_path(directory)
     path = directory / MANIFEST
     if not directory.is_dir():
         raise DatasetError(f"{directory} does not exist or is not a directory; run jobs/prepare.py first")
@@ -82,7 +88,7 @@ def verify_files(directory: str | Path, manifest: dict[str, Any]) -> None:
     """Check the part files against the manifest (present, same size, same rows, none extra);
     raises :class:`DatasetError` naming every file that is wrong. A manifest of an older
     prepare job lists no files: that is warned about, not refused (its data may be fine)."""
-    directory = Path(str(directory).removeprefix("file://"))
+    directory = local_path(directory)
     listed = manifest.get("files")
     if listed is None:
         log.warning("%s: the manifest lists no part files (prepared by an older version), so missing or "

@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from pipeline.manifest import local_path
+
 log = logging.getLogger("recoder.output")
 
 MARKER = ".recoder-output.json"
@@ -98,7 +100,7 @@ def _check(out: Path, kind: str, overwrite: bool, inputs: Sequence[str | Path]) 
     if not overwrite:
         raise FileExistsError(f"output {out} already exists; pass --overwrite to replace it")
     for path in inputs:
-        path = Path(str(path).removeprefix("file://")).resolve()
+        path = local_path(path).resolve()
         if path == out or out in path.parents:
             raise FileExistsError(f"output {out} holds the input {path}; refusing to replace it even with "
                                   f"--overwrite: choose another --output")

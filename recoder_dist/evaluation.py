@@ -6,6 +6,7 @@ from typing import Callable, Union
 import numpy as np
 import torch
 
+from recoder_dist.csr import entry_rows
 from recoder_dist.feed import HeldoutRows
 from recoder_dist.metrics import ITEM_CHUNK, ItemScores, evaluate_batch, popularity_scores
 from recoder_dist.models import RecoderAutoencoder
@@ -32,8 +33,7 @@ def metric_sums(score: Scorer, rows: HeldoutRows, batch_size: int,
         items = torch.from_numpy(foldin.items)
         with torch.no_grad():
             scores = score(items.to(device), torch.from_numpy(foldin.values).to(device), offsets.to(device))
-            rows_of = torch.repeat_interleave(torch.arange(len(foldin)), torch.diff(offsets))
-            result = evaluate_batch(scores, rows_of, items, part.heldout_offsets, part.heldout_items,
+            result = evaluate_batch(scores, entry_rows(foldin.offsets), items, part.heldout_offsets, part.heldout_items,
                                     item_chunk=item_chunk)
         valid = ~np.isnan(result[METRICS[0]])
         for i, name in enumerate(METRICS):

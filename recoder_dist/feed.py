@@ -24,6 +24,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.manifest import local_path
+from recoder_dist.csr import offsets_of, take_rows
 from recoder_dist.sampling import UserRows
 
 if TYPE_CHECKING:
@@ -57,16 +59,13 @@ def _unpack(batch) -> UserRows:
     def column(name: str, dtype: type) -> np.ndarray:
         return np.frombuffer(b"".join(getattr(batch, name)), dtype=dtype)
 
-    lengths = column("lengths", np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return UserRows(column("user_idx", np.int64), offsets, column("items", np.int32), column("values", np.float32))
+    return UserRows(column("user_idx", np.int64), offsets_of(column("lengths", np.int64)), column("items", np.int32),
+                    column("values", np.float32))
 
 
 def split_url(data_dir: str | Path, split: str) -> str:
-    """``file://`` URL of a split (Petastorm wants URLs)."""
-    text = str(data_dir)
-    return f"{text.rstrip('/')}/{split}" if "://" in text else f"file://{Path(text).resolve()}/{split}"
+    """``file://`` URL of a split of a local dataset folder (Petastorm wants URLs)."""
+    return f"file://{(local_path(data_dir) / split).resolve()}"
 
 
 def train_rows(data_dir: str | Path, rank: int, size: int, seed: int, chunk_users: int,
@@ -94,22 +93,13 @@ def train_rows(data_dir: str | Path, rank: int, size: int, seed: int, chunk_user
             buffered += len(rows)
             if buffered < shuffle_buffer_users:
                 continue
-            mixed = _shuffled(UserRows.concat(buffer), rng)
+            buffered_rows = UserRows.concat(buffer)
+            mixed = buffered_rows.take(rng.permutation(len(buffered_rows)))
             whole = len(mixed) // chunk_users * chunk_users
             for start in range(0, whole, chunk_users):
                 yield mixed.slice(start, start + chunk_users)
             rest = mixed.slice(whole, len(mixed))
             buffer, buffered = ([rest], len(rest)) if len(rest) else ([], 0)
-
-
-def _shuffled(rows: UserRows, rng: np.random.Generator) -> UserRows:
-    order = rng.permutation(len(rows))
-    lengths = np.diff(rows.offsets)[order]
-    starts = rows.offsets[:-1][order]
-    offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return UserRows(rows.user_idx[order], offsets, rows.items[take], rows.values[take])
 
 
 def prefetch(source: Iterator[T], depth: int) -> Iterator[T]:
@@ -177,33 +167,19 @@ class HeldoutRows:
 
     def take(self, pick: np.ndarray) -> "HeldoutRows":
         """The users at positions ``pick``."""
-        foldin = _take(self.foldin.offsets, pick)
-        heldout = _take(self.heldout_offsets, pick)
-        return HeldoutRows(
-            UserRows(self.foldin.user_idx[pick], foldin[0], self.foldin.items[foldin[1]],
-                     self.foldin.values[foldin[1]]),
-            heldout[0], self.heldout_items[heldout[1]])
-
-
-def _take(offsets: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.diff(offsets)[pick]
-    new = np.zeros(len(pick) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new[1:])
-    index = np.repeat(offsets[:-1][pick] - new[:-1], lengths) + np.arange(new[-1])
-    return new, index
+        heldout_offsets, index = take_rows(self.heldout_offsets, pick)
+        return HeldoutRows(self.foldin.take(pick), heldout_offsets, self.heldout_items[index])
 
 
 def read_heldout(data_dir: str | Path, split: str) -> HeldoutRows:
     """A whole validation/test split with pyarrow (small; row counts checked, no thread races)."""
-    path = Path(str(data_dir).removeprefix("file://")) / split
+    path = local_path(data_dir) / split
     table = pq.read_table(path, columns=["user_idx", "items", "values", "heldout_items"])
 
     def csr(column: str) -> tuple[np.ndarray, np.ndarray]:
         array = table[column].combine_chunks()
-        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False).astype(np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        return offsets, pc.list_flatten(array).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+        return offsets_of(lengths), pc.list_flatten(array).to_numpy(zero_copy_only=False)
 
     offsets, items = csr("items")
     _, values = csr("values")

@@ -20,6 +20,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from recoder_dist.csr import offsets_of
+
 # the CSR pattern of a batch's positives (gramian_mse) is a plain input of sampled_addmm
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
 
@@ -170,13 +172,6 @@ def gramian_mse(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rows:
     return _GramianMSE.apply(z, weight, bias, rows, cols, values.to(dtype), float(confidence))
 
 
-def _csr_offsets(keys: torch.Tensor, n: int) -> torch.Tensor:
-    """CSR offsets (n + 1) of sorted ``keys`` in ``[0, n)``."""
-    offsets = torch.zeros(n + 1, dtype=torch.int64, device=keys.device)
-    torch.cumsum(torch.bincount(keys, minlength=n), 0, out=offsets[1:])
-    return offsets
-
-
 class _GramianMSE(torch.autograd.Function):
     """:func:`gramian_mse` with a hand-written backward. The positives' terms run on sparse
     kernels instead of gathering ``nnz × h`` copies of ``z`` and ``weight``: the logits at the
@@ -194,7 +189,7 @@ class _GramianMSE(torch.autograd.Function):
         gram_z, gram_w = z.t() @ z, weight.t() @ weight
         z_sum, w_bias = z.sum(dim=0), weight.t() @ bias
         total = (gram_z * gram_w).sum() + 2 * z_sum.dot(w_bias) + n_users * bias.dot(bias)
-        offsets = _csr_offsets(rows, n_users)
+        offsets = offsets_of(torch.bincount(rows, minlength=n_users))
         pattern = torch.sparse_csr_tensor(offsets, cols, torch.zeros_like(values), (n_users, n_targets),
                                           check_invariants=False)
         y = torch.sparse.sampled_addmm(pattern, z, weight.t(), beta=0.0).values() + bias[cols]
@@ -219,8 +214,9 @@ class _GramianMSE(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # 2 (weight Gz + bias sᵀ) + Σ_pos grad_y z_row, per column
             by_col = torch.argsort(cols, stable=True)
             grad_weight = torch.addmm(torch.outer(bias, z_sum), weight, gram_z).mul_(scale)
-            grad_weight += F.embedding_bag(rows[by_col], z, _csr_offsets(cols[by_col], n_targets), mode="sum",
-                                           per_sample_weights=grad_y[by_col], include_last_offset=True)
+            col_offsets = offsets_of(torch.bincount(cols, minlength=n_targets))
+            grad_weight += F.embedding_bag(rows[by_col], z, col_offsets, mode="sum", per_sample_weights=grad_y[by_col],
+                                           include_last_offset=True)
         if ctx.needs_input_grad[2]:  # 2 (weight s + B bias) + Σ_pos grad_y, per column
             grad_bias = torch.addmv(bias, weight, z_sum, beta=n_users).mul_(scale)
             grad_bias.index_add_(0, cols, grad_y)

@@ -13,6 +13,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from recoder_dist.csr import entry_rows
+
 
 def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -136,7 +138,7 @@ def _hits(top_items: torch.Tensor | np.ndarray, heldout_offsets: torch.Tensor | 
                          f"(expected {num_users + 1})")
     counts = np.diff(offsets)
     stride = max(int(top.max(initial=-1)), int(items.max(initial=-1))) + 1
-    heldout_keys = np.repeat(np.arange(num_users, dtype=np.int64), counts) * stride + items
+    heldout_keys = entry_rows(offsets) * stride + items
     top_keys = np.arange(num_users, dtype=np.int64)[:, None] * stride + top
     return np.isin(top_keys, heldout_keys), counts
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recoder_dist.csr import entry_rows
+
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
@@ -149,11 +151,9 @@ class RecoderAutoencoder(nn.Module):
 
     def _encode(self, items: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
                 noisy: bool) -> torch.Tensor:
-        counts = offsets[1:] - offsets[:-1]
-        rows = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device),
-                                       counts, output_size=items.numel())
+        rows = entry_rows(offsets, nnz=items.numel())
         values = values.to(self.encoder_bias.dtype)
-        sq_norm = torch.zeros(counts.numel(), dtype=values.dtype, device=values.device)
+        sq_norm = torch.zeros(offsets.numel() - 1, dtype=values.dtype, device=values.device)
         sq_norm = sq_norm.index_add(0, rows, values * values)
         weights = values / sq_norm.sqrt().clamp_min(1e-12)[rows]
         if noisy and self.input_dropout:

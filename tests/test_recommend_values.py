@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_lines
 
-from _data import PREPARE, prepared_dataset, registered_model
+from _data import PREPARE, prepared_dataset, registered_model, tracking_uri
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,9 @@ def model_dir(model, tmp_path_factory) -> str:
     """The champion downloaded as the job downloads it (a folder on the driver)."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(model.tracking_uri)
-    try:
+    with tracking_uri(model.tracking_uri):
         return mlflow.artifacts.download_artifacts(f"models:/{model.name}@champion",
                                                    dst_path=str(tmp_path_factory.mktemp("champion")))
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture(scope="module")
