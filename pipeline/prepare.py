@@ -27,7 +27,7 @@ from pipeline import transform
 from pipeline.output import check_output, staged
 from pipeline.manifest import SCHEMA_VERSION, fingerprint, part_files, write_manifest
 from pipeline.sources import InputError, read_interactions, resolve_layout
-from recoder_dist.config import PrepareConfig
+from pipeline.config import PrepareConfig
 
 log = logging.getLogger("recoder.prepare")
 KIND = "prepared-dataset"  # what the output marker says this job wrote (pipeline.output)

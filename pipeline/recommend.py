@@ -23,7 +23,7 @@ from pipeline.manifest import read_manifest, verify_files
 from pipeline.output import check_output, staged
 from pipeline.sources import Layout, input_columns, read_interactions
 from pipeline.transform import SPLITS, history_values, merge_duplicates
-from recoder_dist.config import PrepareConfig
+from pipeline.config import PrepareConfig
 
 log = logging.getLogger("recoder.recommend")
 OUTPUT_SCHEMA = "user_id string, recommended array<string>, scores array<double>, unknown_items long"

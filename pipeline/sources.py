@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recoder_dist.config import PrepareConfig
+from pipeline.config import PrepareConfig
 
 CANONICAL = ("user_id", "item_id", "value", "timestamp")
 FORMATS = ("auto", "csv", "parquet", "movielens", "recbole")

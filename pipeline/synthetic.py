@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recoder_dist.config import SyntheticConfig
+from pipeline.config import SyntheticConfig
 
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 

@@ -1,17 +1,24 @@
-"""The one typed configuration object, loaded from ``conf/*.yaml`` with ``key=value`` overrides.
+"""The one typed configuration object, loaded from ``conf/*.yaml`` with ``section.key=value`` overrides.
 
-Torch-free on purpose: the Spark jobs import it too.
+The dataclasses are the schema; OmegaConf (structured configs) merges the layers over them, in
+order: the dataclass defaults, the chain of ``base:`` files a config extends, the file itself,
+the command-line overrides; it rejects unknown keys and values of the wrong type. Its errors
+come back as :class:`ConfigError` naming the file (or the command line), the key and the value.
+:func:`validate` adds the checks a type cannot express.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, List, Sequence, Union
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
+
+from pipeline.config import PrepareConfig, SyntheticConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -21,48 +28,10 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class SyntheticConfig:
-    """Generator of the embedded default dataset: latent user/item factors, Zipf popularity."""
-
-    num_users: int = 3000
-    num_items: int = 1000
-    mean_interactions: float = 40.0
-    num_factors: int = 16
-    zipf_exponent: float = 1.0
-    seed: int = 7
-
-
-@dataclass
-class PrepareConfig:
-    """How ``jobs/prepare.py`` reads, filters, indexes and splits raw interactions."""
-
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    value_col: Optional[str] = "rating"
-    timestamp_col: Optional[str] = "timestamp"
-    csv_delimiter: str = ","
-    csv_header: bool = True
-    rating_threshold: Optional[float] = None  # keep value > threshold (Liang et al.: 3.5)
-    binarize: bool = False  # replace kept values by 1.0
-    duplicates: str = "sum"  # how repeated (user, item) pairs merge: sum | max | last
-    min_user_interactions: int = 1
-    min_item_interactions: int = 1
-    max_filter_rounds: int = 50
-    validation_users: float = 0.1  # in (0, 1): fraction of users (at least one user); >= 1: a whole count
-    test_users: float = 0.1
-    heldout_fraction: float = 0.2
-    max_ranks: int = 64  # train row groups: max_ranks × (1 to row_groups_per_rank) ...
-    row_groups_per_rank: int = 4
-    min_rows_per_group: int = 500  # ... fewer per rank while groups would be smaller than this
-    max_rows_per_group: int = 10000
-    seed: int = 98765
-
-
-@dataclass
 class ModelConfig:
     """The autoencoder (Recoder's options)."""
 
-    hidden_sizes: list = field(default_factory=lambda: [200])
+    hidden_sizes: List[int] = field(default_factory=lambda: [200])
     activation: str = "tanh"
     tied: bool = False
     input_dropout: float = 0.5
@@ -86,7 +55,7 @@ class TrainConfig:
     lr_schedule: str = "step"  # step (milestones, gamma) | warmup_cosine (warmup_epochs, lr_floor); recoder_dist.schedule
     item_optimizer: str = "adam"  # adam (dense) | lazy_adam | rowwise_adagrad: item tables (recoder_dist.optim)
     item_lr: float = 0.0  # learning rate of the item tables; 0: train.lr
-    milestones: list = field(default_factory=lambda: [60, 80])
+    milestones: List[int] = field(default_factory=lambda: [60, 80])
     gamma: float = 0.1
     warmup_epochs: int = 0  # warmup_cosine: epochs of linear warm-up before the cosine
     lr_floor: float = 0.0  # warmup_cosine: the last epochs' rate, as a fraction of lr
@@ -133,101 +102,117 @@ class Config:
         return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
 
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _coerce(section: str, key: str, value: Any, default: Any, annotation: str) -> Any:
-    """Check ``value`` against the field's declared type, converting ints to floats."""
-    where = f"{section}.{key}"
-    if value is None:
-        if "Optional" in annotation:
-            return None
-        raise ConfigError(f"{where} must not be null")
-    if isinstance(default, bool) or annotation == "bool":
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if "float" in annotation:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            return float(value)  # PyYAML (YAML 1.1) reads 1e-4 as a string, not a float
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    if "int" in annotation:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
-    if "str" in annotation:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where} must be a string, got {value!r}")
-    if annotation == "list":
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        raise ConfigError(f"{where} must be a list, got {value!r}")
-    return value
-
-
-def _apply(config: Config, updates: dict, origin: str) -> None:
-    for section, values in updates.items():
-        if section not in {f.name for f in dataclasses.fields(Config)}:
-            raise ConfigError(f"{origin}: unknown section {section!r} "
-                              f"(known: {', '.join(f.name for f in dataclasses.fields(Config))})")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: section {section!r} must be a mapping")
-        target = getattr(config, section)
-        fields = {f.name: f for f in dataclasses.fields(target)}
-        for key, value in values.items():
-            if key not in fields:
-                raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {', '.join(fields)})")
-            current = getattr(target, key)
-            setattr(target, key, _coerce(section, key, value, current, str(fields[key].type)))
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict:
-    """Turn ``["train.lr=0.01", "model.hidden_sizes=[600,200]"]`` into a nested dict (YAML values)."""
-    nested: dict = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or "." not in key:
-            raise ConfigError(f"override {pair!r} must look like section.key=value, e.g. train.lr=0.01")
-        section, name = key.strip().split(".", 1)
-        nested.setdefault(section, {})[name] = yaml.safe_load(raw) if raw.strip() else None
-    return nested
-
-
 def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then ``conf/default.yaml`` (or ``path``, which may name a ``base:`` file), then overrides."""
-    config = Config()
-    path = Path(path) if path else CONF_DIR / "default.yaml"
-    for layer in _layers(path):
-        _apply(config, _read_yaml(layer), str(layer))
-    _apply(config, parse_overrides(overrides), "command line")
+    merged = OmegaConf.structured(Config)
+    for origin, layer in _layers(Path(path) if path else CONF_DIR / "default.yaml"):
+        merged = _merge(merged, layer, str(origin))
+    merged = _merge(merged, _dotlist(overrides), "command line")
+    try:
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:  # an ${interpolation} that does not resolve
+        raise ConfigError(_explain(error)) from None
     validate(config)
     return config
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (configs live in {CONF_DIR})")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    data.pop("base", None)
-    return data
+def parse_overrides(pairs: Sequence[str]) -> dict:
+    """Turn ``["train.lr=0.01", "model.hidden_sizes=[600,200]"]`` into a nested dict (YAML values)."""
+    return OmegaConf.to_container(_dotlist(pairs))
 
 
-def _layers(path: Path) -> list[Path]:
-    """The file and the chain of ``base:`` files it extends, base first."""
-    chain: list[Path] = []
+def _dotlist(pairs: Sequence[str]) -> DictConfig:
+    """The overrides as one layer; values are read as YAML (``[600, 200]``, ``null``, ``1e-4``)."""
+    layer = OmegaConf.create()
+    for pair in pairs:
+        key, sep, _ = pair.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {pair!r} must look like section.key=value, e.g. train.lr=0.01")
+        try:
+            layer.merge_with_dotlist([pair])
+        except (OmegaConfBaseException, yaml.YAMLError) as error:
+            raise ConfigError(f"override {pair!r} is not a readable value: {error}") from None
+    return layer
+
+
+def _layers(path: Path) -> list[tuple[Path, DictConfig]]:
+    """The file and the chain of ``base:`` files it extends, base first, each read."""
+    chain: list[tuple[Path, DictConfig]] = []
     while path is not None:
         path = path.resolve()  # a base reached through ../ must still be seen as a cycle
-        if path in chain:
+        if path in [seen for seen, _ in chain]:
             raise ConfigError(f"{path}: circular base")
-        chain.append(path)
-        base = (yaml.safe_load(path.read_text()) or {}).get("base") if path.is_file() else None
+        layer, base = _read_yaml(path)
+        chain.append((path, layer))
         path = (path.parent / base) if base else None
     return list(reversed(chain))
+
+
+def _read_yaml(path: Path) -> tuple[DictConfig, str | None]:
+    """One layer (a mapping of sections) and the ``base:`` file it names, if any."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (configs live in {CONF_DIR})")
+    try:
+        data = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    base = data.pop("base", None)
+    for section, values in data.items():
+        if not isinstance(values, DictConfig):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping, got {values!r}")
+    return data, base
+
+
+def _merge(merged: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
+    """``layer`` over ``merged``, type-checked against the schema by OmegaConf."""
+    try:
+        result = OmegaConf.merge(merged, layer)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{origin}: {_explain(error)}") from None
+    for section, values in OmegaConf.to_container(layer).items():  # OmegaConf reads 1 and "yes" as true
+        for key, value in values.items():
+            if _declared(f"{section}.{key}") is bool and not isinstance(value, bool) \
+                    and not OmegaConf.is_interpolation(layer[section], key):
+                raise ConfigError(f"{origin}: {section}.{key} must be {_KINDS[bool]}, got {value!r}")
+    return result
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+def _explain(error: OmegaConfBaseException) -> str:
+    """OmegaConf's error as ``key must be KIND, got VALUE`` (or the unknown key and the known ones)."""
+    key = error.full_key
+    if isinstance(error, ConfigKeyError):
+        section, _, name = key.partition(".")
+        if not name:
+            return f"unknown section {section!r} (known: {', '.join(_fields(Config))})"
+        return f"unknown key {key} (known: {', '.join(_fields(_declared(section)))})"
+    if isinstance(error, InterpolationResolutionError):
+        return f"{key}: {error.msg.splitlines()[0]}"
+    if error.value is None:
+        return f"{key} must not be null"
+    kind = _KINDS.get(typing.get_origin(_declared(key)) or _declared(key))
+    return f"{key} must be {kind}, got {error.value!r}" if kind else f"{key}: {error.msg.splitlines()[0]}"
+
+
+def _declared(key: str) -> Any:
+    """The declared type of ``section``, ``section.key`` or an element ``section.key[i]``, Optional unwrapped."""
+    kind: Any = Config
+    for part in key.split("."):
+        name, element, _ = part.partition("[")
+        kind = typing.get_type_hints(kind)[name]
+        if typing.get_origin(kind) is Union:  # Optional[X]
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if element:
+            kind = typing.get_args(kind)[0]
+    return kind
+
+
+def _fields(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
 
 
 def validate(config: Config) -> None:
@@ -262,9 +247,8 @@ def validate(config: Config) -> None:
          "train.num_sampling_users must be a multiple of train.batch_size (or 0: one batch per group)"),
         (config.model.activation in {"tanh", "relu", "sigmoid", "identity", "elu"},
          "model.activation must be tanh, relu, sigmoid, identity or elu"),
-        (len(config.model.hidden_sizes) >= 1
-         and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in config.model.hidden_sizes),
-         "model.hidden_sizes must be a non-empty list of positive sizes"),
+        (len(config.model.hidden_sizes) >= 1 and all(h > 0 for h in config.model.hidden_sizes),
+         f"model.hidden_sizes must be a non-empty list of positive sizes, got {config.model.hidden_sizes}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -273,4 +257,4 @@ def validate(config: Config) -> None:
 
 def dumps(config: Config) -> str:
     """The resolved config as YAML (saved next to outputs so a run can be repeated)."""
-    return yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False)
+    return OmegaConf.to_yaml(config)

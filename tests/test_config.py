@@ -88,7 +88,10 @@ def test_parse_overrides_nests_sections():
     ("prepare.user_col=null", "prepare.user_col must not be null"),
     ("prepare.user_col=[a]", "prepare.user_col must be a string"),
     ("model.hidden_sizes=200", "model.hidden_sizes must be a list, got 200"),
-    ("model.hidden_sizes=[a, 2]", "model.hidden_sizes must be a non-empty list of positive sizes"),
+    ("model.hidden_sizes=[a, 2]", "model.hidden_sizes[0] must be an integer, got 'a'"),
+    ("model.hidden_sizes=[200, 0]", "model.hidden_sizes must be a non-empty list of positive sizes, got [200, 0]"),
+    ("model.hidden_sizes=[]", "model.hidden_sizes must be a non-empty list of positive sizes, got []"),
+    ("train.milestones=[6, 8.5]", "train.milestones[1] must be an integer, got 8.5"),
     ("train.epochs=true", "train.epochs must be an integer, got True"),
     ("prepare.duplicates=first", "prepare.duplicates must be sum, max or last"),
     ("prepare.heldout_fraction=1", "prepare.heldout_fraction must be in"),
@@ -118,6 +121,25 @@ def test_wrong_type_in_a_file(tmp_path):
     path.write_text("prepare:\n  max_ranks: many\n")
     with pytest.raises(ConfigError, match="prepare.max_ranks must be an integer, got 'many'"):
         load_config(path)
+
+
+def test_wrong_type_in_a_base_file_names_that_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("prepare:\n  binarize: 1\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=_literal(f"{tmp_path / 'base.yaml'}: prepare.binarize must be true or false, got 1")):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_a_section_that_is_not_a_mapping_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match=_literal(f"{path}: section 'train' must be a mapping, got 5")):
+        load_config(path)
+
+
+def test_the_last_override_of_a_key_wins():
+    config = load_config(None, ["train.epochs=3", "train.lr=0.5", "train.epochs=4"])
+    assert (config.train.epochs, config.train.lr) == (4, 0.5)
 
 
 def test_dumps_round_trips(tmp_path):
