@@ -21,6 +21,9 @@ class SyntheticConfig:
     num_factors: int = 16
     zipf_exponent: float = 1.0
     seed: int = 7
+    # 0: every user scores the whole catalogue (cost users x items); N > 0: each user scores N
+    # candidates drawn by popularity (cost users x N; for catalogues of a million items and more)
+    candidate_items: int = 0
 
 
 @dataclass

@@ -4,6 +4,12 @@ Each user and item gets a latent factor vector; a user picks items with probabil
 proportional to ``popularity_j * exp(affinity_uj)`` (sampled without replacement with the
 Gumbel top-k trick), and rates them higher the stronger the affinity. A model can therefore
 learn something beyond popularity, and the rating threshold keeps the preferred items.
+
+Scoring every item for every user costs users × items; for catalogues of a million items
+``candidate_items`` = N makes each user score only N candidates drawn (with replacement) in
+proportion to popularity, and pick among the distinct ones with ``log(times drawn)`` in place of
+``log popularity`` in the key: the same rule, by importance sampling (close when N is large next
+to what a user picks).
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ def generate(config: SyntheticConfig, chunk_users: int = 2048) -> pd.DataFrame:
     """
     if config.num_users < 1 or config.num_items < 2:
         raise ValueError("synthetic data needs at least 1 user and 2 items")
+    if config.candidate_items < 0 or config.candidate_items == 1:
+        raise ValueError(f"synthetic.candidate_items must be 0 (score every item) or >= 2, got {config.candidate_items}")
     rng = np.random.default_rng(config.seed)
     f = config.num_factors
     users = rng.standard_normal((config.num_users, f)).astype(np.float32)
@@ -41,19 +49,43 @@ def generate(config: SyntheticConfig, chunk_users: int = 2048) -> pd.DataFrame:
     max_per_user = max(2, config.num_items // 2)
     counts = np.clip(np.rint(rng.lognormal(mu, sigma, config.num_users)), 2, max_per_user).astype(np.int64)
 
+    popularity = np.exp(log_popularity, dtype=np.float64) if config.candidate_items else None
+    if popularity is not None:
+        popularity /= popularity.sum()
+
     parts = []
     for start in range(0, config.num_users, chunk_users):
         stop = min(start + chunk_users, config.num_users)
-        affinity = users[start:stop] @ items.T / np.sqrt(f)
-        gumbel = -np.log(-np.log(rng.random(affinity.shape, dtype=np.float32) + 1e-12) + 1e-12)
-        keys = log_popularity + 1.5 * affinity + gumbel
-        width = int(counts[start:stop].max())
-        top = np.argpartition(-keys, width - 1, axis=1)[:, :width]
         row_n = counts[start:stop]
+        if popularity is None:
+            candidates = None
+            affinity = users[start:stop] @ items.T / np.sqrt(f)
+            prior = log_popularity
+        else:
+            candidates = np.sort(rng.choice(config.num_items, size=(stop - start, config.candidate_items),
+                                            p=popularity), axis=1)
+            first = np.ones(candidates.shape, dtype=bool)
+            first[:, 1:] = candidates[:, 1:] != candidates[:, :-1]
+            starts = np.flatnonzero(first)  # every row starts a run: runs never cross rows
+            drawn = np.zeros(candidates.size, dtype=np.float32)
+            drawn[starts] = np.diff(np.append(starts, candidates.size))
+            affinity = np.einsum("uf,ucf->uc", users[start:stop], items[candidates]) / np.sqrt(f)
+            # log(times drawn) for each distinct candidate, -inf for its repeats: the draw's
+            # multiplicity stands in for popularity (E[times drawn] = N * popularity)
+            with np.errstate(divide="ignore"):
+                prior = np.log(drawn).reshape(candidates.shape)
+            row_n = np.minimum(row_n, first.sum(axis=1))
+        gumbel = -np.log(-np.log(rng.random(affinity.shape, dtype=np.float32) + 1e-12) + 1e-12)
+        keys = prior + 1.5 * affinity + gumbel
+        width = int(row_n.max())
+        top = np.argpartition(-keys, width - 1, axis=1)[:, :width]
+        if candidates is not None:  # best first, so that a row's first row_n are distinct items
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
         keep = np.arange(width)[None, :] < row_n[:, None]
         user_ids = np.repeat(np.arange(start, stop), row_n)
-        item_ids = top[keep]
-        picked = affinity[np.repeat(np.arange(stop - start), row_n), item_ids]
+        columns = top[keep]
+        picked = affinity[np.repeat(np.arange(stop - start), row_n), columns]
+        item_ids = columns if candidates is None else candidates[np.repeat(np.arange(stop - start), row_n), columns]
         noise = rng.normal(0, 0.5, picked.shape)
         ratings = np.clip(np.rint(3.0 + 1.2 * picked + noise), 1, 5)
         parts.append((user_ids, item_ids, ratings))
