@@ -319,9 +319,9 @@ def feed_rates(data: Path, passes: int = 3) -> dict[str, float]:
         stream.close()
         return users / (time.perf_counter() - started)
 
-    chunk = config.train.num_sampling_users
-    return {"petastorm": rate(train_rows(data, 0, 1, seed=1, chunk_users=chunk,
-                                         shuffle_buffer_users=shuffle_buffer_users(chunk, n_train)), len),
+    sampling_users = config.train.num_sampling_users
+    return {"petastorm": rate(train_rows(data, 0, 1, seed=1, num_sampling_users=sampling_users,
+                                         shuffle_buffer_users=shuffle_buffer_users(sampling_users, n_train)), len),
             "sampled": rate(_batches(str(data), config, Workers(0, 1, 0, 1), m["num_items"], n_train, 1),
                             lambda batch: batch.num_users)}
 

@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = 1234
     threads: int = 0  # torch threads per rank; 0: cores / local ranks
     reader_pool: str = "thread"  # petastorm pool: thread | process
-    reader_workers: int = 2
+    reader_pool_size: int = 2  # petastorm pool's threads or processes (not the ranks: distributed.Workers)
     checkpoint_dir: str = "runs/checkpoints"
 
 

@@ -68,9 +68,13 @@ def split_url(data_dir: str | Path, split: str) -> str:
     return f"file://{(local_path(data_dir) / split).resolve()}"
 
 
-def train_rows(data_dir: str | Path, rank: int, size: int, seed: int, chunk_users: int,
-               shuffle_buffer_users: int, pool: str = "thread", workers: int = 2) -> Iterator[UserRows]:
-    """An endless, shuffled stream of this rank's train users in chunks of ``chunk_users``.
+def train_rows(data_dir: str | Path, rank: int, size: int, seed: int, num_sampling_users: int,
+               shuffle_buffer_users: int, reader_pool: str = "thread",
+               reader_pool_size: int = 2) -> Iterator[UserRows]:
+    """An endless, shuffled stream of this rank's train users, ``num_sampling_users`` at a time
+    (one sampling group each: ``sampling.make_batches``).
+
+    ``reader_pool`` (thread | process) and ``reader_pool_size`` are Petastorm's reader pool.
 
     Reads with ``num_epochs=None`` (a finite reader occasionally returns no rows under a
     thread race) so the caller decides how many steps an epoch has; every rank must take
@@ -84,7 +88,7 @@ def train_rows(data_dir: str | Path, rank: int, size: int, seed: int, chunk_user
     with make_batch_reader(split_url(data_dir, "train"), schema_fields=list(TRAIN_FIELDS),
                            cur_shard=rank if size > 1 else None, shard_count=size if size > 1 else None,
                            shuffle_row_groups=True, seed=seed, num_epochs=None, transform_spec=spec,
-                           reader_pool_type=pool, workers_count=workers) as reader:
+                           reader_pool_type=reader_pool, workers_count=reader_pool_size) as reader:
         buffer: list[UserRows] = []
         buffered = 0
         for batch in reader:
@@ -95,9 +99,9 @@ def train_rows(data_dir: str | Path, rank: int, size: int, seed: int, chunk_user
                 continue
             buffered_rows = UserRows.concat(buffer)
             mixed = buffered_rows.take(rng.permutation(len(buffered_rows)))
-            whole = len(mixed) // chunk_users * chunk_users
-            for start in range(0, whole, chunk_users):
-                yield mixed.slice(start, start + chunk_users)
+            whole = len(mixed) // num_sampling_users * num_sampling_users
+            for start in range(0, whole, num_sampling_users):
+                yield mixed.slice(start, start + num_sampling_users)
             rest = mixed.slice(whole, len(mixed))
             buffer, buffered = ([rest], len(rest)) if len(rest) else ([], 0)
 

@@ -22,7 +22,7 @@ from recoder_dist.csr import entry_rows, offsets_of, take_rows
 
 @dataclass(frozen=True)
 class UserRows:
-    """A chunk of users' interactions in CSR form.
+    """Some users' interactions in CSR form.
 
     Attributes
     ----------
@@ -93,7 +93,7 @@ class UserRows:
         return cls(np.asarray(user_idx, dtype=np.int64), offsets, items, values)
 
     def slice(self, start: int, stop: int) -> "UserRows":
-        """Rows ``start:stop`` (clipped to the chunk), with offsets rebased to 0."""
+        """Rows ``start:stop`` (clipped to the rows there are), with offsets rebased to 0."""
         start, stop, _ = slice(start, stop).indices(len(self))
         stop = max(start, stop)
         lo, hi = self.offsets[start], self.offsets[stop]
@@ -107,7 +107,7 @@ class UserRows:
 
     @staticmethod
     def concat(parts: Sequence["UserRows"]) -> "UserRows":
-        """Concatenate chunks row-wise (e.g. the row batches of several reader reads)."""
+        """Concatenate ``UserRows`` row-wise (e.g. those of several reader reads)."""
         if not parts:
             return UserRows(np.zeros(0, np.int64), np.zeros(1, np.int64),
                             np.zeros(0, np.int64), np.zeros(0, np.float32))
@@ -256,8 +256,8 @@ def make_batches(rows: UserRows, batch_size: int, num_sampling_users: int, num_i
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    group_size = batch_size if num_sampling_users <= 0 else num_sampling_users
-    if group_size % batch_size:
+    sampling_users = batch_size if num_sampling_users <= 0 else num_sampling_users
+    if sampling_users % batch_size:
         raise ValueError(f"num_sampling_users ({num_sampling_users}) must be a multiple of "
                          f"batch_size ({batch_size})")
     if full:
@@ -268,8 +268,8 @@ def make_batches(rows: UserRows, batch_size: int, num_sampling_users: int, num_i
             yield _to_batch(batch, None, batch.items)
         return
     rng = np.random.default_rng() if rng is None else rng
-    for group_start in range(0, len(rows), group_size):
-        group = rows.slice(group_start, group_start + group_size)
+    for group_start in range(0, len(rows), sampling_users):
+        group = rows.slice(group_start, group_start + sampling_users)
         targets = sample_targets(group.items, num_items, num_neg_samples, rng)
         target_tensor = torch.from_numpy(targets)
         cols = _target_columns(targets, group.items, num_items)

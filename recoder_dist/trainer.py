@@ -68,11 +68,11 @@ def steps_per_epoch(num_train_users: int, batch_size: int, ranks: int) -> int:
     return max(1, math.ceil(num_train_users / (batch_size * ranks)))
 
 
-def shuffle_buffer_users(chunk: int, shard_users: int) -> int:
-    """Users the feed shuffles together: several chunks, but at most about one pass of this
+def shuffle_buffer_users(num_sampling_users: int, shard_users: int) -> int:
+    """Users the feed shuffles together: several sampling groups, but at most about one pass of this
     rank's shard (a larger buffer reads several passes before the first batch and mixes them,
     so an epoch would not see each user about once)."""
-    return min(max(4 * chunk, 2048), shard_users)
+    return min(max(4 * num_sampling_users, 2048), shard_users)
 
 
 def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, num_train_users: int,
@@ -81,19 +81,20 @@ def _batches(data_dir: str, config: Config, workers: Workers, num_items: int, nu
     the whole run (see ``recoder_dist.feed``). The seeds derive from ``first_epoch``, so a resumed
     run reads a fresh, seeded order."""
     t = config.train
-    chunk = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
+    sampling_users = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
     rng = np.random.default_rng([t.seed, first_epoch, workers.rank])
-    shard = max(chunk, math.ceil(num_train_users / workers.size))
-    rows = train_rows(data_dir, workers.rank, workers.size, seed=t.seed * 1000 + first_epoch, chunk_users=chunk,
-                      shuffle_buffer_users=shuffle_buffer_users(chunk, shard), pool=t.reader_pool,
-                      workers=t.reader_workers)
+    shard = max(sampling_users, math.ceil(num_train_users / workers.size))
+    rows = train_rows(data_dir, workers.rank, workers.size, seed=t.seed * 1000 + first_epoch,
+                      num_sampling_users=sampling_users,
+                      shuffle_buffer_users=shuffle_buffer_users(sampling_users, shard), reader_pool=t.reader_pool,
+                      reader_pool_size=t.reader_pool_size)
     with contextlib.closing(rows):  # an error in sampling must stop the reader too
         for part in rows:
-            yield from make_batches(part, t.batch_size, chunk, num_items, t.num_neg_samples, t.full, rng)
+            yield from make_batches(part, t.batch_size, sampling_users, num_items, t.num_neg_samples, t.full, rng)
 
 
 # Settings that cannot change the weights a run produces: a resume may change them freely.
-NOT_IDENTITY = frozenset({"epochs", "checkpoint_dir", "threads", "reader_pool", "reader_workers", "eval_every",
+NOT_IDENTITY = frozenset({"epochs", "checkpoint_dir", "threads", "reader_pool", "reader_pool_size", "eval_every",
                           "eval_batch_size", "patience", "mse_form"})  # mse_form: the same loss, two ways
 
 

@@ -37,7 +37,7 @@ PREPARE = dict(rating_threshold=3.5, binarize=True, duplicates="max", min_user_i
                row_groups_per_rank=4, min_rows_per_group=1, max_rows_per_group=1000, seed=11)
 # Small and quick; train.batch_size is per rank, so a run on R ranks passes GLOBAL_BATCH // R.
 TRAIN = ["model.hidden_sizes=[64]", "train.epochs=5", "train.lr=0.01", "train.milestones=[100]",
-         "train.num_sampling_users=0", "train.eval_batch_size=500", "train.reader_workers=1",
+         "train.num_sampling_users=0", "train.eval_batch_size=500", "train.reader_pool_size=1",
          "mlflow.enabled=false"]
 GLOBAL_BATCH = 100
 
@@ -219,7 +219,7 @@ def train(ranks: int, data_dir: Path, base: Path, name: str, extra: Sequence[str
 
 MODEL_NAME = "recoder-test"
 MLFLOW_TRAIN = ["model.hidden_sizes=[64]", "train.epochs=2", "train.lr=0.003", "train.milestones=[100]",
-                "train.num_sampling_users=0", "train.eval_batch_size=500", "train.reader_workers=1",
+                "train.num_sampling_users=0", "train.eval_batch_size=500", "train.reader_pool_size=1",
                 f"mlflow.registered_model={MODEL_NAME}"]
 
 

@@ -91,7 +91,7 @@ def identity(*overrides: str, ranks: int = 2) -> dict:
     return _identity(load_config(None, list(overrides)), MANIFEST, ranks)
 
 
-@pytest.mark.parametrize("override", ["train.threads=3", "train.reader_pool=process", "train.reader_workers=5",
+@pytest.mark.parametrize("override", ["train.threads=3", "train.reader_pool=process", "train.reader_pool_size=5",
                                       "train.eval_every=4", "train.eval_batch_size=17", "train.epochs=7",
                                       "train.checkpoint_dir=elsewhere"])
 def test_settings_that_cannot_change_the_weights_are_not_identity(override):

@@ -35,8 +35,8 @@ def expected_shard(data: Path, rank: int, size: int) -> set[int]:
 def read_stream(data: Path, rank: int, size: int, users: int, seed: int = 3) -> list:
     """Chunks of the endless stream until at least ``users`` users were read."""
     chunks, seen = [], 0
-    for chunk in train_rows(data, rank, size, seed=seed, chunk_users=CHUNK, shuffle_buffer_users=BUFFER,
-                            pool="thread", workers=2):
+    for chunk in train_rows(data, rank, size, seed=seed, num_sampling_users=CHUNK,
+                            shuffle_buffer_users=BUFFER, reader_pool="thread", reader_pool_size=2):
         chunks.append(chunk)
         seen += len(chunk)
         if seen >= users:
@@ -78,7 +78,7 @@ def test_a_buffer_of_one_shard_gives_one_pass_of_distinct_users(data, table):
     from one pass, so no user repeats before every user was seen."""
     n = len(table)
     chunks = []
-    for chunk in train_rows(data, 0, 1, seed=5, chunk_users=CHUNK, shuffle_buffer_users=n):
+    for chunk in train_rows(data, 0, 1, seed=5, num_sampling_users=CHUNK, shuffle_buffer_users=n):
         chunks.append(chunk)
         if len(chunks) == n // CHUNK:
             break

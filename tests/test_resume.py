@@ -171,7 +171,7 @@ def test_settings_that_cannot_change_the_weights_do_not_block_a_resume(data, int
     epochs = state["epoch"] + 1
     args = command(RANKS, data, tmp_path, [*TRAIN, f"train.batch_size={GLOBAL_BATCH // RANKS}",
                                            f"train.checkpoint_dir={tmp_path}", f"train.epochs={epochs}",
-                                           "train.threads=1", "train.reader_pool=process", "train.reader_workers=2",
+                                           "train.threads=1", "train.reader_pool=process", "train.reader_pool_size=2",
                                            "train.eval_batch_size=123", "train.eval_every=3"], resume_from=run_dir)
     done = subprocess.run(args, cwd=ROOT, env=environment(RANKS), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
