@@ -1,4 +1,5 @@
 """python benchmarks/quality.py [--datasets ml-100k,ml-1m] [--seeds 3] [--baselines] [--setting "NAME=K=V;K=V" ...]
+    [--models autoencoders,popularity,als,recoder] [--run-seeds 0,1] [--results FILE.json]
 
 The quality a user gets without tuning (issue 15): on real MovieLens 100K and 1M, each prepared
 with its shipped config (``conf/ml-100k.yaml``, ``conf/ml-1m.yaml``) under ``--seeds`` split seeds
@@ -10,7 +11,9 @@ Recoder 0.4.0 (MSE, confidence 3 as its README's best; with ``--baselines`` and
 ``benchmarks/.venv-recoder``). It prints mean ± std over the seeds of the test metrics, and the
 training seconds each autoencoder setting needed to first reach EASE's validation NDCG@100 on
 the same split. The EASE, ALS, popularity, training and Recoder helpers are those of
-``benchmarks/train.py``.
+``benchmarks/train.py``. ``--results`` keeps each split's results in a JSON file and reports
+over everything it holds, so that the models (``--models``) and seeds (``--run-seeds``) of one
+benchmark can run as separate commands (each under the shared machine's 10-minute cap).
 """
 from __future__ import annotations
 
@@ -68,23 +71,29 @@ def original_recoder(data: Path, work: Path, epochs: int) -> Measured:
                     f"MSE, {epochs} epochs", fit_s=float(out["fit_s"]))
 
 
+MODELS = ("autoencoders", "popularity", "als", "recoder")  # what --models picks from; EASE always runs
+
+
 def one_split(name: str, data: Path, work: Path, settings: dict[str, list[str]], baselines: bool,
-              original_epochs: int) -> dict[str, dict]:
-    """Every model on one prepared split: ``{model: {"test", "fit_s", "reach", "note"}}``."""
+              original_epochs: int, models: Sequence[str] = MODELS) -> dict[str, dict]:
+    """The ``models`` (EASE always: the others' time to reach its validation NDCG@100) on one
+    prepared split: ``{model: {"test", "fit_s", "reach", "note"}}``."""
     from recoder_dist.evaluation import popularity_scorer
     measured, val_ease = ease(data)
     out = {"EASE": {"test": measured.test, "fit_s": measured.fit_s, "note": measured.note, "val": val_ease}}
-    for label, overrides in settings.items():
+    for label, overrides in (settings.items() if "autoencoders" in models else ()):
         r = train(f"{data.name}-{label}".replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""), data,
                   1, CORES, [*RUN, *overrides], work, config=str(CONFIGS[name]), ceiling=False)
         out[label] = {"test": r["test"], "fit_s": sum(h["epoch_s"] for h in r["history"]),
                       "val": r["best_validation"]["ndcg_at_100"],
                       "reach": seconds_to_reach(r["history"], val_ease),
                       "note": f"{len(r['history'])} epochs, best {r['best_epoch']}"}
-    out["popularity"] = {"test": evaluate(popularity_scorer(item_counts(data)), data), "fit_s": 0.0, "note": ""}
-    als = als_baseline(data, work, baselines)
-    out["implicit ALS"] = {"test": als.test, "fit_s": als.fit_s, "note": als.note}
-    if name == "ml-1m":
+    if "popularity" in models:
+        out["popularity"] = {"test": evaluate(popularity_scorer(item_counts(data)), data), "fit_s": 0.0, "note": ""}
+    if "als" in models:
+        als = als_baseline(data, work, baselines)
+        out["implicit ALS"] = {"test": als.test, "fit_s": als.fit_s, "note": als.note}
+    if name == "ml-1m" and "recoder" in models:
         if baselines and (ROOT / "benchmarks" / ".venv-recoder" / "bin" / "python").is_file():
             original = original_recoder(data, work, original_epochs)
             out["Recoder 0.4.0 (original)"] = {"test": original.test, "fit_s": original.fit_s, "note": original.note}
@@ -98,14 +107,29 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def merged(path: Optional[Path], name: str, seed: int, split: dict[str, dict]) -> dict[str, dict]:
+    """``split``'s models over those kept for (``name``, ``seed``) in the JSON file ``path``
+    (rewritten with them), so that the models and seeds of a benchmark can run as separate
+    commands; only ``split`` without a file."""
+    if path is None:
+        return split
+    import json
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    entry = kept.setdefault(name, {}).setdefault(str(seed), {})
+    entry.update(split)
+    path.write_text(json.dumps(kept, indent=1))
+    return dict(entry)
+
+
 def section(name: str, splits: list[dict[str, dict]], seeds: list[int], data: list[Path]) -> list[str]:
     m = manifest(data[0])
     lines = [f"### {name}: {m['num_users']['train']} train, {m['num_users']['validation']} validation, "
              f"{m['num_users']['test']} test users × {m['num_items']} items ({CONFIGS[name].relative_to(ROOT)}; "
              f"split seeds {', '.join(map(str, seeds))}; 1 process × {CORES} threads)", ""]
     rows, summary = [], {}
-    for model in splits[0]:
-        results = [s[model] for s in splits]
+    for model in dict.fromkeys(m for s in splits for m in s):
+        results = [s[model] for s in splits if model in s]
+        partial = [f"{len(results)} of {len(splits)} splits"] if len(results) < len(splits) else []
         if any(r["test"] is None for r in results):
             rows.append([model, "–", "–", "–", "–", "–", "–", results[0]["note"]])
             continue
@@ -122,14 +146,14 @@ def section(name: str, splits: list[dict[str, dict]], seeds: list[int], data: li
                      else f"never (0/{len(results)})")
         val = (f"{statistics.mean(r['val'] for r in results):.4f}" if "val" in results[0] else "–")
         rows.append([model, *cells, val, f"{statistics.mean(fit):.1f}" if fit else "–", reach,
-                     "; ".join(dict.fromkeys(r["note"] for r in results))])
+                     "; ".join(dict.fromkeys([*partial, *(r["note"] for r in results)]))])
     lines += [table(["model", "Recall@20", "Recall@50", "NDCG@100", "val NDCG@100 (mean)", "training s", "s to EASE's val NDCG@100", "note"],
                     rows), "",
               "Training s: the autoencoders' epochs (validation excluded), EASE's Gram + inverse, ALS's fit. "
               "Mean ± sample std over the splits."]
     shipped = "shipped"
     for other in ("EASE", "Recoder 0.4.0 (original)"):
-        if (other, METRICS[0]) not in summary:
+        if (other, METRICS[0]) not in summary or (shipped, METRICS[0]) not in summary:
             continue
         verdict = []
         for k in METRICS:
@@ -154,8 +178,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=section.key=v;section.key=v",
                         help="another autoencoder setting (the shipped config plus these overrides)")
     parser.add_argument("--no-step", action="store_true", help="skip the step-schedule comparison")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated subset of {', '.join(MODELS)} (EASE always runs)")
+    parser.add_argument("--run-seeds", default="",
+                        help="comma-separated indices (0-based) of the split seeds to run now; default all; "
+                             "none: only report what --results holds")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="JSON file each split's results are merged into; the report covers every split "
+                             "and model it holds, so long benchmarks can run as several commands")
     parser.add_argument("--data-dir", default=str(ROOT / "data" / "bench"))
     args = parser.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
+    run_now = (set() if args.run_seeds == "none"
+               else {int(i) for i in args.run_seeds.split(",") if i} or set(range(args.seeds)))
     settings = {"shipped": []}
     if not args.no_step:
         settings["shipped, step schedule (lr 1e-3 constant)"] = STEP
@@ -178,9 +216,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         for name, folders in prepared.items():
             splits = []
-            for seed, data in zip(seeds[name], folders):
-                print(f"{name}, split seed {seed}:", flush=True)
-                splits.append(one_split(name, data, work, settings, args.baselines, args.original_epochs))
+            for index, (seed, data) in enumerate(zip(seeds[name], folders)):
+                if index in run_now:
+                    print(f"{name}, split seed {seed}:", flush=True)
+                    split = one_split(name, data, work, settings, args.baselines, args.original_epochs, models)
+                else:
+                    split = {}
+                splits.append(merged(args.results, name, seed, split))
             report += section(name, splits, seeds[name], folders) + [""]
     finally:
         shutil.rmtree(work, ignore_errors=True)

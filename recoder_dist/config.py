@@ -36,6 +36,7 @@ class ModelConfig:
     tied: bool = False
     input_dropout: float = 0.5
     bottleneck_dropout: float = 0.0
+    variational: bool = False  # Mult-VAE: the bottleneck is a sampled Gaussian (needs >= 2 hidden_sizes; train.kl_max)
 
 
 @dataclass
@@ -60,6 +61,9 @@ class TrainConfig:
     warmup_epochs: int = 0  # warmup_cosine: epochs of linear warm-up before the cosine
     lr_floor: float = 0.0  # warmup_cosine: the last epochs' rate, as a fraction of lr
     patience: int = 0  # stop after this many evaluations without a better validation NDCG@100; 0: never
+    logq_correction: bool = False  # batch union: subtract log P(item in the union) from its logits (losses.union_log_inclusion)
+    kl_max: float = 0.2  # model.variational: the KL term's final weight (Liang et al.'s anneal cap)
+    kl_anneal_steps: int = 2000  # model.variational: steps of linear growth of the KL weight from 0 to kl_max
     grad_exchange: str = "dense"  # dense | sparse | sync_union
     dtype: str = "float32"  # float32 | bfloat16 (autocast; float32 where bf16 is emulated, recoder_dist.precision)
     force_dtype: bool = False  # keep train.dtype=bfloat16 even where the device only emulates it
@@ -249,6 +253,12 @@ def validate(config: Config) -> None:
          "model.activation must be tanh, relu, sigmoid, identity or elu"),
         (len(config.model.hidden_sizes) >= 1 and all(h > 0 for h in config.model.hidden_sizes),
          f"model.hidden_sizes must be a non-empty list of positive sizes, got {config.model.hidden_sizes}"),
+        (not config.model.variational or len(config.model.hidden_sizes) >= 2,
+         "model.variational needs at least two model.hidden_sizes (the last is the Gaussian latent, e.g. [600, 200])"),
+        (t.kl_max >= 0 and t.kl_anneal_steps >= 0, "train.kl_max and train.kl_anneal_steps must be >= 0"),
+        (not t.logq_correction or (not t.full and t.num_neg_samples == 0),
+         "train.logq_correction corrects the batch union's sampling: it needs train.full=false and "
+         "train.num_neg_samples=0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -272,3 +272,56 @@ def get_hidden_loss(name: str, confidence: float = 0.0) -> Optional[HiddenLossFn
     if name == "mse":
         return functools.partial(gramian_mse, confidence=confidence)
     return None
+
+
+def union_log_inclusion(item_share: torch.Tensor, sampling_users: int) -> torch.Tensor:
+    """``log q_j``: the log-probability that item ``j`` is in a batch union of ``sampling_users``
+    users, ``q_j = 1 - (1 - p_j)^B`` for an item held by the share ``p_j`` of the train users
+    (users drawn independently; the logQ correction of sampled-softmax trainers, Bengio & Senécal
+    2008, Yi et al. 2019, "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
+    Recommendations"). Subtracting it from the union's logits in training
+    (``train.logq_correction``) keeps the rarely sampled items from being under-trained as
+    negatives; scoring the full catalogue uses the plain logits.
+
+    Computed as ``log(-expm1(B · log1p(-p)))``, accurate for tiny ``p`` and for ``q`` near 1.
+
+    Parameters
+    ----------
+    item_share : torch.Tensor, shape (num_items,)
+        ``p_j`` in ``(0, 1]``: train users holding the item / train users.
+    sampling_users : int
+        ``B``, the users whose items form one union (``train.num_sampling_users``; × the ranks
+        under ``grad_exchange=sync_union``).
+
+    Returns
+    -------
+    torch.Tensor, shape (num_items,)
+        ``log q_j`` (≤ 0), in ``item_share``'s floating dtype.
+    """
+    if sampling_users < 1:
+        raise ValueError(f"sampling_users must be >= 1, got {sampling_users}")
+    p = item_share if item_share.is_floating_point() else item_share.double()
+    if bool(((p <= 0) | (p > 1)).any()):
+        raise ValueError("item_share must lie in (0, 1] for every item (an item no train user holds is "
+                         "never in a union)")
+    return torch.log(-torch.expm1(sampling_users * torch.log1p(-p)))
+
+
+def gaussian_kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mean, diag(exp(log_variance))) ‖ N(0, I))`` summed over the latent dimensions and
+    averaged over the users (rows): the regulariser of Mult-VAE (Liang et al. 2018),
+    ``½ Σ_k (exp(log σ²_k) + μ_k² - 1 - log σ²_k)``, on the same per-user scale as the
+    reconstruction losses here. Computed in float32 (or float64).
+
+    Parameters
+    ----------
+    mean, log_variance : torch.Tensor, shape (B, k)
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, mean over users.
+    """
+    mean, log_variance = _full_precision(mean), _full_precision(log_variance)
+    per_user = 0.5 * (log_variance.exp() + mean.square() - 1.0 - log_variance).sum(dim=1)
+    return per_user.mean()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recoder_dist.csr import entry_rows
+from recoder_dist.losses import gaussian_kl
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -59,11 +60,16 @@ class RecoderAutoencoder(nn.Module):
         touched (its items; the target set), never an ``num_items × h`` buffer (see
         :func:`gather_rows`). Scoring the full catalogue (no target set) still gives ``D`` and ``b``
         dense gradients.
+    variational : bool
+        Mult-VAE (Liang et al. 2018): the last encoder layer gives the mean of a Gaussian latent
+        (no activation) and a parallel layer (``variance_layer``) its log-variance; training samples
+        it by reparameterisation, evaluation uses the mean; :meth:`hidden_kl` returns the KL term.
+        Needs at least two ``hidden_sizes``.
     """
 
     def __init__(self, num_items: int, hidden_sizes: Sequence[int] = (200,),
                  activation: str = "tanh", tied: bool = False, input_dropout: float = 0.5,
-                 bottleneck_dropout: float = 0.0, sparse: bool = False) -> None:
+                 bottleneck_dropout: float = 0.0, sparse: bool = False, variational: bool = False) -> None:
         super().__init__()
         if not hidden_sizes:
             raise ValueError("hidden_sizes must name at least one layer")
@@ -74,6 +80,8 @@ class RecoderAutoencoder(nn.Module):
                         ("bottleneck_dropout", bottleneck_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {p}")
+        if variational and len(hidden_sizes) < 2:
+            raise ValueError("variational needs at least two hidden_sizes (the last is the Gaussian latent)")
         self.num_items = num_items
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.activation = activation
@@ -81,11 +89,14 @@ class RecoderAutoencoder(nn.Module):
         self.input_dropout = input_dropout
         self.bottleneck_dropout = bottleneck_dropout
         self.sparse = sparse
+        self.variational = variational
 
         sizes = self.hidden_sizes
         self.item_embedding = nn.EmbeddingBag(num_items, sizes[0], mode="sum", include_last_offset=True)
         self.encoder_bias = nn.Parameter(torch.zeros(sizes[0]))
         self.encoder_layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes, sizes[1:]))
+        if variational:  # the log-variance, beside the last encoder layer (which gives the mean)
+            self.variance_layer = nn.Linear(sizes[-2], sizes[-1])
         mirror = list(zip(sizes[:0:-1], sizes[-2::-1]))  # (in, out) from bottleneck back to h0
         self.decoder_weights = nn.ParameterList(
             [] if tied else [nn.Parameter(torch.empty(o, i)) for i, o in mirror])
@@ -150,7 +161,8 @@ class RecoderAutoencoder(nn.Module):
         return [g for g in groups if g["params"]]
 
     def _encode(self, items: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
-                noisy: bool) -> torch.Tensor:
+                noisy: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The bottleneck (sampled when ``noisy`` and variational) and the KL term (variational only)."""
         rows = entry_rows(offsets, nnz=items.numel())
         values = values.to(self.encoder_bias.dtype)
         sq_norm = torch.zeros(offsets.numel() - 1, dtype=values.dtype, device=values.device)
@@ -166,11 +178,17 @@ class RecoderAutoencoder(nn.Module):
         else:
             bag = self.item_embedding(items, offsets, per_sample_weights=weights)
         z = act(bag + self.encoder_bias)
-        for layer in self.encoder_layers:
-            z = act(layer(z))
+        kl = None
+        for i, layer in enumerate(self.encoder_layers):
+            if self.variational and i == len(self.encoder_layers) - 1:
+                mean, log_variance = layer(z), self.variance_layer(z)
+                kl = gaussian_kl(mean, log_variance)
+                z = mean + torch.randn_like(mean) * (0.5 * log_variance).exp() if noisy else mean
+            else:
+                z = act(layer(z))
         if noisy and self.bottleneck_dropout:
             z = F.dropout(z, self.bottleneck_dropout, training=True)
-        return z
+        return z, kl
 
     def encode(self, items: torch.Tensor, values: torch.Tensor,
                offsets: torch.Tensor) -> torch.Tensor:
@@ -187,7 +205,7 @@ class RecoderAutoencoder(nn.Module):
         -------
         torch.Tensor, shape (B, hidden_sizes[-1])
         """
-        return self._encode(items, values, offsets, noisy=False)
+        return self._encode(items, values, offsets, noisy=False)[0]
 
     def hidden(self, items: torch.Tensor, values: torch.Tensor,
                offsets: torch.Tensor) -> torch.Tensor:
@@ -205,12 +223,18 @@ class RecoderAutoencoder(nn.Module):
         -------
         torch.Tensor, shape (B, hidden_sizes[0])
         """
-        z = self._encode(items, values, offsets, noisy=self.training)
+        return self.hidden_kl(items, values, offsets)[0]
+
+    def hidden_kl(self, items: torch.Tensor, values: torch.Tensor,
+                  offsets: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """:meth:`hidden` and, for a variational model, the batch's KL term (mean over users,
+        :func:`~recoder_dist.losses.gaussian_kl`; None otherwise)."""
+        z, kl = self._encode(items, values, offsets, noisy=self.training)
         act = ACTIVATIONS[self.activation]
         for i, layer in enumerate(reversed(self.encoder_layers)):
             weight = layer.weight.t() if self.tied else self.decoder_weights[i]
             z = act(F.linear(z, weight, self.decoder_biases[i]))
-        return z
+        return z, kl
 
     def target_rows(self, target_items: Optional[torch.Tensor] = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:

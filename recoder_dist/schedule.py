@@ -1,6 +1,7 @@
-"""How fast training moves and when it stops: the learning-rate schedule (``train.lr_schedule``)
-and early stopping on validation NDCG@100 (``train.patience``), both pure functions of the epoch
-and the run's history, so that a resumed run continues them from its checkpoint alone.
+"""How fast training moves and when it stops: the learning-rate schedule (``train.lr_schedule``),
+the variational model's KL annealing (``train.kl_max``, ``train.kl_anneal_steps``) and early
+stopping on validation NDCG@100 (``train.patience``), pure functions of the epoch or step and the
+run's history, so that a resumed run continues them from its checkpoint alone.
 """
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ def lr_factor(t: TrainConfig, epoch: int) -> float:
         progress = min(1.0, (epoch - t.warmup_epochs) / decay)
         return t.lr_floor + (1.0 - t.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"train.lr_schedule must be step or warmup_cosine, got {t.lr_schedule!r}")
+
+
+def kl_weight(t: TrainConfig, step: int) -> float:
+    """The KL term's weight β at the 0-based global ``step`` (Liang et al. 2018's annealing):
+    ``kl_max · min(1, step / kl_anneal_steps)``, 0 at the first step, ``kl_max`` from
+    ``kl_anneal_steps`` on (from the start when it is 0)."""
+    if t.kl_anneal_steps <= 0:
+        return t.kl_max
+    return t.kl_max * min(1.0, step / t.kl_anneal_steps)
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:

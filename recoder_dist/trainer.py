@@ -25,11 +25,11 @@ from recoder_dist.config import Config, TrainConfig
 from recoder_dist.distributed import Workers
 from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
 from recoder_dist.feed import prefetch, read_heldout, train_rows
-from recoder_dist.losses import HiddenLossFn, LossFn, get_hidden_loss, get_loss
+from recoder_dist.losses import HiddenLossFn, LossFn, get_hidden_loss, get_loss, union_log_inclusion
 from recoder_dist.models import RecoderAutoencoder
 from recoder_dist.optim import ROW_RULES, build_optimizer
 from recoder_dist.precision import training_dtype
-from recoder_dist.schedule import evaluations_since_best, lr_scheduler, should_stop
+from recoder_dist.schedule import evaluations_since_best, kl_weight, lr_scheduler, should_stop
 from recoder_dist.sampling import Batch, make_batches, retarget
 
 log = logging.getLogger("recoder.train")
@@ -60,7 +60,7 @@ def build_model(num_items: int, config: Config) -> RecoderAutoencoder:
     m = config.model
     return RecoderAutoencoder(num_items, hidden_sizes=[int(h) for h in m.hidden_sizes], activation=m.activation,
                               tied=m.tied, input_dropout=m.input_dropout, bottleneck_dropout=m.bottleneck_dropout,
-                              sparse=config.train.item_optimizer in ROW_RULES)
+                              sparse=config.train.item_optimizer in ROW_RULES, variational=m.variational)
 
 
 def steps_per_epoch(num_train_users: int, batch_size: int, ranks: int) -> int:
@@ -168,24 +168,29 @@ class Step:
     autocast: torch.autocast
     device: torch.device
     hidden_loss_fn: Optional[HiddenLossFn] = None  # set: the loss reads model.hidden + target_rows, no logits
+    log_q: Optional[torch.Tensor] = None  # train.logq_correction: log P(item in the union), subtracted from its logits
 
-    def __call__(self, batch: Batch) -> tuple[float, int]:
-        """One forward/backward/exchange/update on ``batch``; returns its loss and target-set size."""
+    def __call__(self, batch: Batch, kl_beta: float = 0.0) -> tuple[float, int]:
+        """One forward/backward/exchange/update on ``batch``; returns its loss and target-set size.
+        ``kl_beta``: the weight of a variational model's KL term (``schedule.kl_weight``)."""
         t = self.config.train
         batch = batch.to(self.device)
         if t.grad_exchange == "sync_union" and batch.target_items is not None:
             batch = retarget(batch, self.workers.global_union(batch.target_items))
         self.optimizer.zero_grad()
         with self.autocast:
+            z, kl = self.model.hidden_kl(batch.items, batch.values, batch.offsets)
+            weight, bias = self.model.target_rows(batch.target_items)
+            if self.log_q is not None and batch.target_items is not None:
+                bias = bias - self.log_q[batch.target_items]  # = the logits minus log q_j
             if self.hidden_loss_fn is None:
-                logits = self.model(batch.items, batch.values, batch.offsets, batch.target_items)
-            else:
-                z = self.model.hidden(batch.items, batch.values, batch.offsets)
-                weight, bias = self.model.target_rows(batch.target_items)
+                logits = torch.addmm(bias, z, weight.t())  # the model's forward
         if self.hidden_loss_fn is None:
             loss = self.loss_fn(logits, batch.rows, batch.target_cols, batch.values)
         else:
             loss = self.hidden_loss_fn(z, weight, bias, batch.rows, batch.target_cols, batch.values)
+        if kl is not None:
+            loss = loss + kl_beta * kl
         loss.backward()
         self.workers.exchange_gradients(self.model, self.item_names, t.grad_exchange, batch.target_items)
         self.optimizer.step()
@@ -199,6 +204,20 @@ def hidden_loss(t: TrainConfig) -> Optional[HiddenLossFn]:
     return get_hidden_loss(t.loss, t.confidence) if t.mse_form == "gramian" else None
 
 
+def union_log_q(data_dir: str, num_items: int, num_train_users: int, t: TrainConfig, ranks: int) -> torch.Tensor:
+    """``log q_j`` of every item (``losses.union_log_inclusion``) for ``train.logq_correction``:
+    ``p_j`` is the share of train users holding item ``j`` (the prepared ``items`` table's
+    counts), ``B`` the users of one union (``num_sampling_users``, × ``ranks`` under
+    ``grad_exchange=sync_union``, whose union spans the ranks)."""
+    import pyarrow.parquet as pq
+    table = pq.read_table(Path(data_dir) / "items", columns=["item_idx", "count"]).to_pydict()
+    counts = torch.zeros(num_items, dtype=torch.float64)
+    counts[torch.tensor(table["item_idx"], dtype=torch.int64)] = torch.tensor(table["count"], dtype=torch.float64)
+    chunk = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
+    users = chunk * (ranks if t.grad_exchange == "sync_union" else 1)
+    return union_log_inclusion(counts / num_train_users, users).float()
+
+
 def _train_epoch(step: Step, stream: Iterator[Batch], steps: int, epoch: int) -> dict[str, float]:
     """``steps`` steps from ``stream``; the epoch's record, summed over ranks."""
     workers, epochs = step.workers, step.config.train.epochs
@@ -208,9 +227,9 @@ def _train_epoch(step: Step, stream: Iterator[Batch], steps: int, epoch: int) ->
     bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", disable=not (workers.is_root and sys.stderr.isatty()),
                unit="step", leave=False, dynamic_ncols=True)
     with bar:
-        for _ in bar:
+        for i in bar:
             batch = next(stream)
-            loss, target = step(batch)
+            loss, target = step(batch, kl_weight(step.config.train, (epoch - 1) * steps + i))
             totals += torch.tensor([loss * batch.num_users, batch.num_users, target], dtype=torch.float64)
             if bar.n % 5 == 0:
                 elapsed = time.perf_counter() - started
@@ -327,8 +346,9 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
                      workers.size, steps, t.batch_size, t.num_sampling_users or t.batch_size,
                      t.grad_exchange, dtype, torch.get_num_threads())
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+        log_q = union_log_q(data_dir, num_items, n_train, t, workers.size).to(device) if t.logq_correction else None
         step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
-                    autocast, device, hidden_loss(t))
+                    autocast, device, hidden_loss(t), log_q)
 
         stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, start_epoch), depth=8)
         stopped = False

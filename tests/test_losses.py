@@ -1,9 +1,12 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from recoder_dist.losses import (LOSSES, get_hidden_loss, get_loss, gramian_mse, logistic, multinomial_nll,
-                                 weighted_mse)
+from recoder_dist.losses import (LOSSES, gaussian_kl, get_hidden_loss, get_loss, gramian_mse, logistic,
+                                 multinomial_nll, union_log_inclusion, weighted_mse)
 from recoder_dist.models import RecoderAutoencoder
 
 B, T = 5, 12
@@ -235,3 +238,46 @@ def test_get_hidden_loss_names_the_gramian_mse_only():
     assert get_hidden_loss("multinomial") is None and get_hidden_loss("logistic") is None
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         get_hidden_loss("hinge")
+
+
+# --- logQ correction and the VAE's KL term ------------------------------------------------------
+
+@pytest.mark.parametrize("users", [1, 7, 500])
+def test_union_log_inclusion_is_log_of_one_minus_the_miss_probability(users):
+    p = torch.tensor([1e-9, 1e-4, 0.01, 0.2, 0.5, 0.97, 1.0], dtype=torch.float64)
+    expected = [math.log(1.0 - (1.0 - float(x)) ** users) for x in p]
+    torch.testing.assert_close(union_log_inclusion(p, users), torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-6, atol=0.0)
+    assert float(union_log_inclusion(p, users)[-1]) == 0.0  # an item every user holds is always in
+
+
+def test_union_log_inclusion_matches_simulated_unions():
+    """Users holding each item independently with probability p_j: the share of B-user unions
+    holding item j is q_j."""
+    rng = np.random.default_rng(0)
+    p = np.array([0.002, 0.01, 0.05, 0.3])
+    users, trials = 50, 20_000
+    held = rng.random((trials, users, len(p))) < p
+    observed = held.any(axis=1).mean(axis=0)
+    q = union_log_inclusion(torch.tensor(p), users).exp().numpy()
+    np.testing.assert_allclose(observed, q, rtol=0.05)
+
+
+def test_union_log_inclusion_refuses_items_no_user_holds():
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        union_log_inclusion(torch.tensor([0.1, 0.0]), 10)
+    with pytest.raises(ValueError, match="sampling_users"):
+        union_log_inclusion(torch.tensor([0.1]), 0)
+
+
+def test_gaussian_kl_is_the_closed_form_against_the_standard_normal():
+    torch.manual_seed(1)
+    mean, log_variance = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    direct = sum(0.5 * (math.exp(float(s)) + float(m) ** 2 - 1.0 - float(s))
+                 for m, s in zip(mean.flatten(), log_variance.flatten())) / 6
+    torch.testing.assert_close(gaussian_kl(mean, log_variance), torch.tensor(direct, dtype=torch.float64))
+    posterior = torch.distributions.Normal(mean, (0.5 * log_variance).exp())
+    prior = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    torch.testing.assert_close(gaussian_kl(mean, log_variance),
+                               torch.distributions.kl_divergence(posterior, prior).sum(dim=1).mean())
+    assert float(gaussian_kl(torch.zeros(3, 2), torch.zeros(3, 2))) == 0.0

@@ -173,3 +173,50 @@ def test_model_pickles(inputs):
     model = RecoderAutoencoder(NUM_ITEMS, (8,), activation="identity").eval()
     clone = pickle.loads(pickle.dumps(model))
     torch.testing.assert_close(clone(*inputs), model(*inputs))
+
+
+# --- the variational option (Mult-VAE) ----------------------------------------------------------
+
+def test_variational_model_scores_with_the_mean_in_eval_mode(inputs):
+    """Eval: deterministic, the latent is the last encoder layer's output (no sampling, no
+    activation), decoded as usual; the KL term is that of the mean and the log-variance layer."""
+    from recoder_dist.losses import gaussian_kl
+    torch.manual_seed(4)
+    model = RecoderAutoencoder(NUM_ITEMS, (8, 5), variational=True).eval()
+    with torch.no_grad():
+        first, second = model(*inputs), model(*inputs)
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
+        x = F.normalize(dense_input(*inputs), dim=1)
+        h = torch.tanh(x @ model.item_embedding.weight + model.encoder_bias)
+        mean = model.encoder_layers[0](h)
+        log_variance = model.variance_layer(h)
+        decoded = torch.tanh(mean @ model.decoder_weights[0].t() + model.decoder_biases[0])
+        torch.testing.assert_close(first, decoded @ model.output_weight.t() + model.output_bias)
+        torch.testing.assert_close(model.encode(*inputs), mean)
+        z, kl = model.hidden_kl(*inputs)
+        torch.testing.assert_close(kl, gaussian_kl(mean, log_variance))
+
+
+def test_variational_model_samples_its_latent_in_training(inputs):
+    torch.manual_seed(5)
+    model = RecoderAutoencoder(NUM_ITEMS, (8, 5), variational=True, input_dropout=0.0).train()
+    with torch.no_grad():
+        model.variance_layer.bias.fill_(1.0)  # a visible variance
+        first, second = model(*inputs), model(*inputs)
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(first.mean(), second.mean(), atol=1.0, rtol=0)  # same model, noise only
+
+
+def test_variational_needs_a_latent_layer():
+    from recoder_dist.config import ConfigError, load_config
+    with pytest.raises(ValueError, match="at least two hidden_sizes"):
+        RecoderAutoencoder(NUM_ITEMS, (8,), variational=True)
+    with pytest.raises(ConfigError, match="model.variational"):
+        load_config(None, ["model.variational=true", "model.hidden_sizes=[64]"])
+
+
+def test_plain_model_has_no_kl_term(inputs):
+    model = RecoderAutoencoder(NUM_ITEMS, (8, 5)).eval()
+    z, kl = model.hidden_kl(*inputs)
+    assert kl is None
+    torch.testing.assert_close(z, model.hidden(*inputs))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recoder_dist.config import ConfigError, load_config
-from recoder_dist.schedule import evaluations_since_best, lr_factor, lr_scheduler, should_stop
+from recoder_dist.schedule import evaluations_since_best, kl_weight, lr_factor, lr_scheduler, should_stop
 
 
 def train_config(*overrides: str):
@@ -96,3 +96,11 @@ def test_early_stopping_counts_evaluations_since_the_best():
     assert should_stop(history, 2, 2) and not should_stop(history, 2, 3)
     assert not should_stop(history, 2, 0)  # 0: off
     assert evaluations_since_best(history, 5) == 0 and not should_stop(history, 5, 1)
+
+
+def test_kl_weight_grows_linearly_to_its_cap():
+    t = train_config("train.kl_max=0.2", "train.kl_anneal_steps=100")
+    assert [kl_weight(t, s) for s in (0, 25, 50, 100, 101, 10_000)] == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.2, 0.2])
+    assert kl_weight(train_config("train.kl_max=0.3", "train.kl_anneal_steps=0"), 0) == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="kl_max"):
+        train_config("train.kl_max=-1")

@@ -85,6 +85,14 @@ class TestOneProcessLazyAdam(TrainerContract):
     extra = ("train.item_optimizer=lazy_adam",)
 
 
+class TestOneProcessVariationalLogQ(TrainerContract):
+    """The Mult-VAE option (a sampled latent, the annealed KL term) with the batch union's logQ
+    correction: the same contract as the plain model."""
+    ranks = 1
+    extra = ("model.hidden_sizes=[64,32]", "model.variational=true", "train.kl_anneal_steps=20",
+             "train.logq_correction=true")
+
+
 class TestHorovodDense(TrainerContract):
     ranks = 2
 
