@@ -82,8 +82,11 @@ def one_split(name: str, data: Path, work: Path, settings: dict[str, list[str]],
     measured, val_ease = ease(data)
     out = {"EASE": {"test": measured.test, "fit_s": measured.fit_s, "note": measured.note, "val": val_ease}}
     for label, overrides in (settings.items() if "autoencoders" in models else ()):
-        r = train(f"{data.name}-{label}".replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""), data,
-                  1, CORES, [*RUN, *overrides], work, config=str(CONFIGS[name]), ceiling=False)
+        config = CONFIGS[name]
+        if overrides and overrides[0].startswith("@"):  # another config's model and train sections
+            config, overrides = ROOT / overrides[0][1:], overrides[1:]
+        r = train("".join(c if c.isalnum() or c in "-." else "_" for c in f"{data.name}-{label}"), data,
+                  1, CORES, [*RUN, *overrides], work, config=str(config), ceiling=False)
         out[label] = {"test": r["test"], "fit_s": sum(h["epoch_s"] for h in r["history"]),
                       "val": r["best_validation"]["ndcg_at_100"],
                       "reach": seconds_to_reach(r["history"], val_ease),
@@ -164,6 +167,8 @@ def section(name: str, splits: list[dict[str, dict]], seeds: list[int], data: li
 
 
 def parse_setting(text: str) -> tuple[str, list[str]]:
+    """``NAME=section.key=v;...``: the dataset's config plus these overrides; ``NAME=@conf/x.yaml;...``:
+    that config's model and train sections (and overrides) on the dataset's prepared splits."""
     label, _, overrides = text.partition("=")
     return label, [o for o in overrides.split(";") if o]
 
@@ -176,7 +181,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--baselines", action="store_true", help="implicit ALS / Recoder 0.4.0 (own venvs)")
     parser.add_argument("--original-epochs", type=int, default=100, help="epochs of the original Recoder")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=section.key=v;section.key=v",
-                        help="another autoencoder setting (the shipped config plus these overrides)")
+                        help="another autoencoder setting: the shipped config plus these overrides, or "
+                             "NAME=@conf/other.yaml;section.key=v to train another config on the same splits")
     parser.add_argument("--no-step", action="store_true", help="skip the step-schedule comparison")
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated subset of {', '.join(MODELS)} (EASE always runs)")
