@@ -213,8 +213,8 @@ def union_log_q(data_dir: str, num_items: int, num_train_users: int, t: TrainCon
     table = pq.read_table(Path(data_dir) / "items", columns=["item_idx", "count"]).to_pydict()
     counts = torch.zeros(num_items, dtype=torch.float64)
     counts[torch.tensor(table["item_idx"], dtype=torch.int64)] = torch.tensor(table["count"], dtype=torch.float64)
-    chunk = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
-    users = chunk * (ranks if t.grad_exchange == "sync_union" else 1)
+    sampling_users = t.num_sampling_users if t.num_sampling_users > 0 else t.batch_size
+    users = sampling_users * (ranks if t.grad_exchange == "sync_union" else 1)
     return union_log_inclusion(counts / num_train_users, users).float()
 
 
