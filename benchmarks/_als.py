@@ -1,6 +1,6 @@
 """benchmarks/.venv-baselines/bin/python benchmarks/_als.py IN.npz OUT.npz
 
-implicit's ALS for ``benchmarks/train.py``, run in its own venv (implicit wants numpy 2, the
+implicit's ALS for ``benchmarks/baselines.py``, run in its own venv (implicit wants numpy 2, the
 project's stack pins numpy 1.26). Reads the train matrix and the fold-in rows of the
 validation and test users (CSR arrays), fits one model per grid point, folds the held-out users
 in with ``recalculate_user`` and writes their full-catalogue scores; the caller evaluates.

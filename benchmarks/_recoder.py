@@ -4,7 +4,7 @@
     [--splits validation,test] [--top-k 100]
 
 The original Recoder (PyPI ``recsys-recoder==0.4.0``, Moussawi 2018) as a baseline for
-``benchmarks/train.py``, run in its own venv (it pins torch 1.8 / numpy 1.19 / scipy 1.6; here it is
+``benchmarks/baselines.py``, run in its own venv (it pins torch 1.8 / numpy 1.19 / scipy 1.6; here it is
 installed with ``--no-deps`` next to torch 2.13 CPU, numpy 1.26.4 and a current scipy). Set-up::
 
     python3.11 -m venv benchmarks/.venv-recoder

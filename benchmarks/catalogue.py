@@ -47,27 +47,18 @@ def worker(args: argparse.Namespace) -> int:
     """Time ``args.steps`` steps of one (size, optimizer) and print one JSON line."""
     import torch
 
-    from recoder_dist.allocator import reuse_freed_memory
+    from benchmarks.common import one_process_step
     from recoder_dist.config import load_config
-    from recoder_dist.distributed import Workers
-    from recoder_dist.losses import get_loss
-    from recoder_dist.optim import build_optimizer
     from recoder_dist.precision import kernel_path
-    from recoder_dist.trainer import Step, build_model, hidden_loss
 
     torch.set_num_threads(args.threads)
-    reuse_freed_memory()  # as fit does
+    # force_dtype: bf16 as asked even where it is emulated (this script measures the kernels)
     config = load_config(None, [f"train.item_optimizer={args.optimizer}", f"train.loss={args.loss}",
-                                f"model.hidden_sizes=[{HIDDEN}]", f"train.dtype={args.dtype}", "mlflow.enabled=false"])
-    t = config.train
+                                f"model.hidden_sizes=[{HIDDEN}]", f"train.dtype={args.dtype}", "train.force_dtype=true",
+                                "mlflow.enabled=false"])
     batch = _batch(args.items)
-    torch.manual_seed(0)
-    model = build_model(args.items, config)
-    optimizer = build_optimizer(model, t.item_optimizer, t.lr, t.weight_decay, t.item_lr or None)
-    device = torch.device("cpu")
-    step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config,
-                Workers(0, 1, 0, 1), torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.dtype == "bfloat16"),
-                device, hidden_loss(t))
+    step = one_process_step(config, args.items)  # reuses freed memory and seeds, as fit does
+    device, model = step.device, step.model
     model.train()
     times = []
     for i in range(args.warmup + args.steps):

@@ -56,21 +56,16 @@ if "--isa" in sys.argv and sys.argv[sys.argv.index("--isa") + 1:][:1] == ["avx2"
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import CORES, SIZES, one_process_step  # noqa: E402
+from pipeline.config import SyntheticConfig  # noqa: E402
 from pipeline.synthetic import generate  # noqa: E402
 from recoder_dist.allocator import reuse_freed_memory  # noqa: E402
-from recoder_dist.config import SyntheticConfig, load_config  # noqa: E402
+from recoder_dist.config import load_config  # noqa: E402
 from recoder_dist.csr import entry_rows, offsets_of  # noqa: E402
-from recoder_dist.distributed import Workers  # noqa: E402
 from recoder_dist.metrics import ndcg_at_k, recall_at_k, top_k  # noqa: E402
 from recoder_dist.sampling import UserRows, make_batches  # noqa: E402
-from recoder_dist.trainer import Step, build_model, hidden_loss  # noqa: E402
-from recoder_dist.losses import get_loss  # noqa: E402
+from recoder_dist.trainer import Step  # noqa: E402
 
-CORES = os.cpu_count() or 1
-SIZES = {"ml-1m": SyntheticConfig(num_users=6040, num_items=3706, mean_interactions=165.6, num_factors=16, seed=7),
-         "ml-20m": SyntheticConfig(num_users=138493, num_items=26744, mean_interactions=144.4, num_factors=16,
-                                   seed=7),
-         "tiny": SyntheticConfig(num_users=1500, num_items=400, mean_interactions=30, num_factors=8, seed=7)}  # smoke run
 SETTINGS = ["train.loss=mse", "train.confidence=3", "train.batch_size=500", "train.num_sampling_users=500",
             "model.hidden_sizes=[200]", "model.input_dropout=0.5", "train.lr=0.001", "train.weight_decay=0.00002",
             "train.milestones=[1000]", "mlflow.enabled=false"]
@@ -144,13 +139,7 @@ def shuffled(rows: UserRows, rng: np.random.Generator) -> UserRows:
 
 def make_step(data: Data, form: str, full: bool) -> Step:
     config = load_config(None, [*SETTINGS, f"train.mse_form={form}", f"train.full={str(full).lower()}"])
-    t = config.train
-    torch.manual_seed(0)
-    model = build_model(data.num_items, config)
-    optimizer = torch.optim.Adam(model.parameter_groups(t.weight_decay), lr=t.lr, fused=True)
-    return Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config,
-                Workers(rank=0, size=1, local_rank=0, local_size=1), torch.autocast("cpu", enabled=False),
-                torch.device("cpu"), hidden_loss(t))
+    return one_process_step(config, data.num_items)
 
 
 def batches(step: Step, rows: UserRows, rng: np.random.Generator):

@@ -8,7 +8,7 @@ sampling; the split is fixed):
 
 - ``ml-100k``: real MovieLens 100K prepared and trained with ``conf/ml-100k.yaml`` as shipped;
   test metrics of the best-validation epoch;
-- ``ml20m``: the ML-20M-sized synthetic of ``benchmarks/train.py`` (138,493 users × 26,744 items,
+- ``ml20m``: the ML-20M-sized synthetic of ``benchmarks/train_speed.py`` (138,493 users × 26,744 items,
   every interaction kept), one epoch at its speed settings (batch 500, union per 500 users,
   h = 200, multinomial); test metrics after the epoch, and the epoch's seconds (training only).
 
@@ -38,7 +38,7 @@ from pipeline.config import PrepareConfig, SyntheticConfig  # noqa: E402
 from recoder_dist.config import load_config  # noqa: E402
 
 DATA = ROOT / "data" / "bench"
-# the ML-20M-sized synthetic and its settings, as benchmarks/train.py measures speed
+# the ML-20M-sized synthetic and its settings, as benchmarks/train_speed.py measures speed
 ML20M = SyntheticConfig(num_users=138493, num_items=26744, mean_interactions=144.4, num_factors=16, seed=7)
 ML20M_PREPARE = PrepareConfig(rating_threshold=None, binarize=True, duplicates="max", min_user_interactions=5,
                               validation_users=0.1, test_users=0.1, seed=3, max_ranks=8, row_groups_per_rank=4,

@@ -3,12 +3,12 @@
 The same training under each launcher, every figure a ratio against a baseline measured in the
 same run: ``torchrun --nproc-per-node 2`` × 1 thread (torch.distributed, gloo) vs ``horovodrun
 -np 2`` × 1 thread (Horovod, gloo) vs one process × 1 thread, on the ML-1M-sized synthetic
-dataset of ``benchmarks/train.py`` (cached in ``data/bench/``), with its speed settings (batch
+dataset of ``benchmarks/train_speed.py`` (cached in ``data/bench/``), with its speed settings (batch
 500, union per 500 users, h = 200), once per gradient exchange.
 
-Each run is ``[launcher] python benchmarks/train.py --worker ...`` (``trainer.fit`` without
+Each run is ``[launcher] python benchmarks/fit_worker.py ...`` (``trainer.fit`` without
 MLflow); runs alternate between the launchers ``--repeats`` times and each keeps its best
-steady epoch (``benchmarks/train.py``'s ``steady``), as other work on a shared machine only
+steady epoch (``benchmarks/common.py``'s ``steady``), as other work on a shared machine only
 slows epochs.
 """
 from __future__ import annotations
@@ -26,10 +26,9 @@ from typing import Optional, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.train import ML1M, SPEED_PREPARE, SPEED_TRAIN, Datasets, steady, table  # noqa: E402
+from benchmarks.common import ML1M, SPEED_PREPARE, SPEED_TRAIN, WORKER, Datasets, steady, table  # noqa: E402
 from recoder_dist.distributed import EXCHANGES  # noqa: E402
 
-WORKER = ROOT / "benchmarks" / "train.py"
 LAUNCHERS = ("one process", "horovodrun", "torchrun")
 
 
@@ -48,7 +47,7 @@ def run(launcher: str, data: Path, exchange: str, epochs: int, work: Path, label
     out = work / f"{label}.json"
     overrides = [*SPEED_TRAIN, f"train.epochs={epochs}", f"train.grad_exchange={exchange}", "train.threads=1",
                  f"train.checkpoint_dir={work / ('ckpt-' + label)}"]
-    worker = [sys.executable, str(WORKER), "--worker", "--data", str(data), "--out", str(out), *overrides]
+    worker = [sys.executable, str(WORKER), "--data", str(data), "--out", str(out), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo"}
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.perf_counter()

@@ -10,10 +10,11 @@ autoencoder as shipped, the shipped config with the original's constant-rate ste
 Recoder 0.4.0 (MSE, confidence 3 as its README's best; with ``--baselines`` and
 ``benchmarks/.venv-recoder``). It prints mean ± std over the seeds of the test metrics, and the
 training seconds each autoencoder setting needed to first reach EASE's validation NDCG@100 on
-the same split. The EASE, ALS, popularity, training and Recoder helpers are those of
-``benchmarks/train.py``. ``--results`` keeps each split's results in a JSON file and reports
-over everything it holds, so that the models (``--models``) and seeds (``--run-seeds``) of one
-benchmark can run as separate commands (each under the shared machine's 10-minute cap).
+the same split. The EASE, ALS, popularity and Recoder helpers are ``benchmarks/baselines.py``'s,
+the training runs ``benchmarks/common.py``'s. ``--results`` keeps each split's results in a JSON
+file and reports over everything it holds, so that the models (``--models``) and seeds
+(``--run-seeds``) of one benchmark can run as separate commands (each under the shared machine's
+10-minute cap).
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train import (CORES, ROOT, Datasets, Measured, als_baseline, ease_on_validation, evaluate, item_counts,  # noqa: E402
-                   manifest, ranked_scorer, run_baseline, baseline_input, seconds_to_reach, table, train,
-                   RECODER_SETUP)
+from benchmarks.baselines import (RECODER_SETUP, Measured, als_baseline, baseline_input,  # noqa: E402
+                                  ease_on_validation, evaluate, item_counts, ranked_scorer, run_baseline,
+                                  seconds_to_reach)
+from benchmarks.common import CORES, ROOT, Datasets, manifest, table, train  # noqa: E402
 
 from recoder_dist.config import load_config  # noqa: E402
 
