@@ -189,6 +189,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="another autoencoder setting: the shipped config plus these overrides, or "
                              "NAME=@conf/other.yaml;section.key=v to train another config on the same splits")
     parser.add_argument("--no-step", action="store_true", help="skip the step-schedule comparison")
+    parser.add_argument("--no-shipped", action="store_true",
+                        help="skip the shipped config (already in --results from an earlier command)")
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--run-seeds", default="",
@@ -205,7 +207,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
     run_now = (set() if args.run_seeds == "none"
                else {int(i) for i in args.run_seeds.split(",") if i} or set(range(args.seeds)))
-    settings = {"shipped": []}
+    settings = {} if args.no_shipped else {"shipped": []}
     if not args.no_step:
         settings["shipped, step schedule (lr 1e-3 constant)"] = STEP
     settings.update(parse_setting(s) for s in args.setting)
