@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from recoder_dist.csr import offsets_of
+from recoder_dist.models import sort_order
 
 # the CSR pattern of a batch's positives (gramian_mse) is a plain input of sampled_addmm
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
@@ -192,7 +193,7 @@ class _GramianMSE(torch.autograd.Function):
         offsets = offsets_of(torch.bincount(rows, minlength=n_users))
         pattern = torch.sparse_csr_tensor(offsets, cols, torch.zeros_like(values), (n_users, n_targets),
                                           check_invariants=False)
-        y = torch.sparse.sampled_addmm(pattern, z, weight.t(), beta=0.0).values() + bias[cols]
+        y = torch.sparse.sampled_addmm(pattern, z, weight.t(), beta=0.0).values() + bias.index_select(0, cols)
         w = 1.0 + confidence * (values > 0).to(values.dtype)
         total = total + (w * (y - values).square() - y.square()).sum()
         grad_y = 2 * ((w - 1.0) * y - w * values)  # d/dy of w (y - x)² - y²
@@ -212,11 +213,11 @@ class _GramianMSE(torch.autograd.Function):
             grad_z += F.embedding_bag(cols, weight, offsets, mode="sum", per_sample_weights=grad_y,
                                       include_last_offset=True)
         if ctx.needs_input_grad[1]:  # 2 (weight Gz + bias sᵀ) + Σ_pos grad_y z_row, per column
-            by_col = torch.argsort(cols, stable=True)
+            by_col = sort_order(cols, n_targets)[1]
             grad_weight = torch.addmm(torch.outer(bias, z_sum), weight, gram_z).mul_(scale)
             col_offsets = offsets_of(torch.bincount(cols, minlength=n_targets))
-            grad_weight += F.embedding_bag(rows[by_col], z, col_offsets, mode="sum", per_sample_weights=grad_y[by_col],
-                                           include_last_offset=True)
+            grad_weight += F.embedding_bag(rows.index_select(0, by_col), z, col_offsets, mode="sum",
+                                           per_sample_weights=grad_y.index_select(0, by_col), include_last_offset=True)
         if ctx.needs_input_grad[2]:  # 2 (weight s + B bias) + Σ_pos grad_y, per column
             grad_bias = torch.addmv(bias, weight, z_sum, beta=n_users).mul_(scale)
             grad_bias.index_add_(0, cols, grad_y)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recoder_dist.csr import entry_rows
+from recoder_dist.csr import entry_rows, offsets_of
 from recoder_dist.losses import gaussian_kl
 
 
@@ -167,16 +167,11 @@ class RecoderAutoencoder(nn.Module):
         values = values.to(self.encoder_bias.dtype)
         sq_norm = torch.zeros(offsets.numel() - 1, dtype=values.dtype, device=values.device)
         sq_norm = sq_norm.index_add(0, rows, values * values)
-        weights = values / sq_norm.sqrt().clamp_min(1e-12)[rows]
+        weights = values / sq_norm.sqrt().clamp_min(1e-12).index_select(0, rows)
         if noisy and self.input_dropout:
-            weights = F.dropout(weights, self.input_dropout, training=True)
+            weights = input_dropout(weights, self.input_dropout)
         act = ACTIVATIONS[self.activation]
-        if self._row_sparse():
-            rows, positions = torch.unique(items, return_inverse=True)
-            bag = F.embedding_bag(positions, gather_rows(self.item_embedding.weight, rows), offsets, mode="sum",
-                                  per_sample_weights=weights, include_last_offset=True)
-        else:
-            bag = self.item_embedding(items, offsets, per_sample_weights=weights)
+        bag = weighted_bag(self.item_embedding.weight, items, offsets, weights, rows, self._row_sparse())
         z = act(bag + self.encoder_bias)
         kl = None
         for i, layer in enumerate(self.encoder_layers):
@@ -293,6 +288,72 @@ class RecoderAutoencoder(nn.Module):
         """Item representations ``D`` (num_items × hidden_sizes[0]) for item-to-item
         similarity; detached, sharing storage with the parameter."""
         return self.output_table.detach()
+
+
+def input_dropout(weights: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout of ``weights`` with probability ``p``, the kept ones scaled by ``1 / (1 - p)`` (as
+    :func:`torch.nn.functional.dropout` in training), drawn as ``uniform ≥ p``: on CPU ~2.5× faster
+    than ``F.dropout``'s Bernoulli draw for the ~80K input values of an ML-1M-sized batch."""
+    keep = torch.rand(weights.shape, dtype=weights.dtype, device=weights.device) >= p
+    return weights * keep * (1.0 / (1.0 - p))
+
+
+def weighted_bag(table: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor,
+                 rows: torch.Tensor, row_sparse: bool = False) -> torch.Tensor:
+    """``Σ_k weights_k · table[items_k]`` per user (an embedding-bag, sum, ``offsets`` with the last
+    offset included; ``rows`` the user of each entry), with a faster backward w.r.t. ``table``.
+
+    Its gradient is the same sum the other way round, per item over the users that hold it, so the
+    backward sorts the entries by item once and runs the embedding-bag forward kernel again (users'
+    gradients bagged per item), instead of ATen's embedding-bag backward (~9.6 ms against ~2 ms for
+    ~80K entries, h = 200, 2 threads). ``row_sparse``: the gradient is a coalesced sparse COO tensor
+    of just the rows in ``items``; else dense. ``weights`` that need a gradient fall back to
+    :func:`torch.nn.functional.embedding_bag`."""
+    if weights.requires_grad:
+        if row_sparse:
+            unique, positions = torch.unique(items, return_inverse=True)
+            return F.embedding_bag(positions, gather_rows(table, unique), offsets, mode="sum",
+                                   per_sample_weights=weights, include_last_offset=True)
+        return F.embedding_bag(items, table, offsets, mode="sum", per_sample_weights=weights, include_last_offset=True)
+    return _WeightedBag.apply(table, items, offsets, weights, rows, row_sparse)
+
+
+def sort_order(keys: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sorted keys, stable order)`` of int64 ``keys`` in ``[0, bound)``: sorted as int32 where
+    they fit (~2.4× faster than int64 on CPU)."""
+    small = keys.to(torch.int32) if bound <= torch.iinfo(torch.int32).max else keys
+    found = torch.sort(small, stable=True)
+    return found.values, found.indices
+
+
+class _WeightedBag(torch.autograd.Function):
+    """:func:`weighted_bag` with the per-item backward."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor,
+                rows: torch.Tensor, row_sparse: bool) -> torch.Tensor:
+        ctx.save_for_backward(items, weights, rows)
+        ctx.table_shape, ctx.row_sparse = table.shape, row_sparse
+        return F.embedding_bag(items, table, offsets, mode="sum", per_sample_weights=weights, include_last_offset=True)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        items, weights, rows = ctx.saved_tensors
+        n = ctx.table_shape[0]
+        sorted_items, order = sort_order(items, n)
+        if ctx.row_sparse:
+            touched, counts = torch.unique_consecutive(sorted_items, return_counts=True)
+            touched = touched.to(torch.int64)
+        else:
+            counts = torch.bincount(items, minlength=n)
+        per_item = F.embedding_bag(rows.index_select(0, order), grad.to(weights.dtype), offsets_of(counts), mode="sum",
+                                   per_sample_weights=weights.index_select(0, order), include_last_offset=True)
+        if not ctx.row_sparse:
+            return per_item, None, None, None, None, None
+        sparse = torch.sparse_coo_tensor(touched.unsqueeze(0), per_item, ctx.table_shape, is_coalesced=True,
+                                         check_invariants=False)
+        return sparse, None, None, None, None, None
 
 
 def gather_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
