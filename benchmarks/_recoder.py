@@ -23,7 +23,7 @@ fold-in user, its fold-in items excluded, best first, input order; the caller ev
 epoch), ``epoch_cpu_stall_s`` (seconds per epoch during which some task on the machine waited for
 a CPU, from ``/proc/pressure/cpu``, NaN where absent: a high share flags an epoch slowed by other
 work on a shared machine), ``fit_s`` (the whole ``Recoder.train`` call),
-``score_s`` (ranking the splits), ``threads``, ``train_users`` and ``config`` (JSON).
+``score_s`` (ranking the splits), ``threads``, ``train_users`` and ``config`` (JSON; its ``kernel`` is the kernel path torch chose and the ISA caps set in the environment).
 
 Training is the original's own loop (``Recoder.train``) with the original hyper-parameters:
 ``DynamicAutoencoder(hidden_layers=[200], activation_type='tanh', noise_prob=0.5)``, Adam lr 1e-3,
@@ -116,6 +116,7 @@ from recoder.model import Recoder  # noqa: E402
 from recoder.nn import DynamicAutoencoder  # noqa: E402
 
 LOSSES = {"multinomial": "logloss", "logistic": "logistic", "mse": "mse"}
+KERNEL_CAPS = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS")  # reported in config
 
 
 def csr(data, name: str, n_items: int) -> sp.csr_matrix:
@@ -236,7 +237,8 @@ def main(argv=None) -> int:
               "batch_size": args.batch_size, "num_sampling_users": args.num_sampling_users,
               "negative_sampling": negative_sampling, "sparse_gradients": sparse_grad,
               "lr_milestones": milestones, "epochs": args.epochs, "num_data_workers": args.data_workers,
-              "seed": args.seed}
+              "seed": args.seed, "kernel": {"aten": torch.backends.cpu.get_cpu_capability(),
+                                            **{k: os.environ.get(k, "-") for k in KERNEL_CAPS}}}
     np.savez(args.target, epoch_s=epoch_s, users_per_s=train.shape[0] / epoch_s, epoch_cpu_s=epoch_cpu_s,
              epoch_cpu_stall_s=epoch_stall_s, fit_s=fit_s, score_s=score_s,
              threads=args.threads, train_users=train.shape[0], config=json.dumps(config), **out)

@@ -1,5 +1,5 @@
 """python benchmarks/gramian.py [--sizes ml-1m,ml-20m] [--epochs 10,1] [--no-baseline] [--isa avx2]
-    [--split-steps 12] [--ml1m-seeds 3] [--ml1m-epochs 50]
+    [--split-steps 12] [--op-rows 12] [--ml1m-seeds 3] [--ml1m-epochs 50]
 
 The weighted MSE (``train.loss=mse``, confidence 3) in its Gramian form (``train.mse_form=gramian``,
 ``recoder_dist.losses.gramian_mse``) against the dense form over the B × |T| logits
@@ -14,7 +14,8 @@ them, all in one run on the same data, fp32, all cores:
    from ``/proc/pressure/cpu``: high means other work slowed it);
 2. the split of one step (mean ms over ``--split-steps`` steps after warm-up): sampling (batch
    construction), forward, loss, backward, optimizer (zero_grad + fused Adam), the same calls as
-   ``trainer.Step`` with a clock between them.
+   ``trainer.Step`` with a clock between them; and, for the Gramian variants, the ``--op-rows``
+   operators with the most self CPU time per step under ``torch.profiler``.
 
 Data: ``pipeline.synthetic.generate`` at MovieLens-1M's shape (6,040 users × 3,706 items, ~166 per
 user) and MovieLens-20M's (138,493 × 26,744, ~144 per user), every interaction kept as 1.0, users
@@ -28,8 +29,10 @@ lr 1e-3, weight decay 2e-5, batch 500, target set per 500 users.
    ``--ml1m-epochs`` (no model selection), mean ± std over ``--ml1m-seeds`` seeds.
 
 ``--isa avx2`` re-runs this script (and the original) with the CPU kernels capped at AVX2
-(``ATEN_CPU_CAPABILITY=avx2``, ``MKL_ENABLE_INSTRUCTIONS=AVX2``, ``ONEDNN_MAX_CPU_ISA=AVX2``): what a
-CPU without AVX-512 runs. The kernel path in use is printed first. The original needs its own venv
+(``ATEN_CPU_CAPABILITY=avx2``, ``MKL_ENABLE_INSTRUCTIONS=AVX2``, ``ONEDNN_MAX_CPU_ISA=AVX2``,
+``FBGEMM_ENABLE_INSTRUCTIONS=AVX2``): it emulates a CPU without AVX-512 (the same cores, clocks and
+caches, narrower vectors). The kernel path in use is printed first, and the original's as its
+process reports it (the caps reach it through its environment). The original needs its own venv
 (``benchmarks/README.md``); without it, or with ``--no-baseline``, its rows are left out.
 """
 from __future__ import annotations
@@ -48,7 +51,8 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}  # FBGEMM: the embedding-bag kernels
 if "--isa" in sys.argv and sys.argv[sys.argv.index("--isa") + 1:][:1] == ["avx2"] \
         and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})  # before torch loads
@@ -229,6 +233,27 @@ def step_split(data: Data, form: str, full: bool, steps: int) -> dict[str, float
     return totals
 
 
+def op_split(data: Data, form: str, full: bool, steps: int, top: int) -> list[tuple[str, float, float]]:
+    """The ``top`` operators by self CPU time over ``steps`` whole ``trainer.Step`` calls (after 3
+    of warm-up), under ``torch.profiler``: ``(op, ms per step, share of the step)``, and the
+    step's own Python time as ``(step, outside ops)``."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    step = make_step(data, form, full)
+    rng = np.random.default_rng(2)
+    ready = list(batches(step, shuffled(data.train, rng).slice(0, 500 * (steps + 3)), rng))
+    step.model.train()
+    for batch in ready[:3]:
+        step(batch)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            with record_function("(step, outside ops)"):
+                step(ready[3 + i % (len(ready) - 3)] if len(ready) > 3 else ready[i % len(ready)])
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return [(e.key, e.self_cpu_time_total / 1e3 / steps, e.self_cpu_time_total / total) for e in ranked]
+
+
 def train_original(data: Data, full: bool, epochs: int, work: Path) -> Optional[dict]:
     """The original Recoder in its venv (``benchmarks/_recoder.py``), MSE, same settings."""
     source, target = work / "in.npz", work / f"out-{int(full)}.npz"
@@ -246,6 +271,10 @@ def train_original(data: Data, full: bool, epochs: int, work: Path) -> Optional[
         print(f"  original Recoder failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
         return None
     out = np.load(target)
+    kernel = json.loads(str(out["config"])).get("kernel", {})
+    print(f"  original Recoder's process: kernel path {kernel}", flush=True)
+    if kernel.get("aten") != torch.backends.cpu.get_cpu_capability():
+        raise RuntimeError(f"the original ran on another kernel path ({kernel}) than this process")
     epoch_s = [float(x) for x in out["epoch_s"]]
     best = int(np.argmin(epoch_s[1:])) + 1 if len(epoch_s) > 1 else 0
     seconds = epoch_s[best]
@@ -293,6 +322,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="leave the original Recoder out")
     parser.add_argument("--isa", choices=["native", "avx2"], default="native")
     parser.add_argument("--split-steps", type=int, default=12)
+    parser.add_argument("--op-rows", type=int, default=12, help="operators listed per Gramian variant (0: none)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--ml1m-seeds", type=int, default=3, help="real ML-1M quality: split seeds (0: skip)")
     parser.add_argument("--ml1m-epochs", type=int, default=50)
@@ -301,7 +331,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     reuse_freed_memory()  # as trainer.fit does
     print(f"torch {torch.__version__}, kernel path {torch.backends.cpu.get_cpu_capability()}, {CORES} threads, "
           f"MKL_ENABLE_INSTRUCTIONS={os.environ.get('MKL_ENABLE_INSTRUCTIONS', '-')}, "
-          f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}", flush=True)
+          f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}, "
+          f"FBGEMM_ENABLE_INSTRUCTIONS={os.environ.get('FBGEMM_ENABLE_INSTRUCTIONS', '-')}", flush=True)
     baseline = not args.no_baseline and RECODER_PYTHON.is_file()
     variants = [v.strip() for v in args.variants.split(",")]
     results = {}
@@ -337,7 +368,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(table(["variant", *phases, "total"],
                     [(label, *(f"{s[p]:.1f}" for p in phases), f"{sum(s.values()):.1f}") for label, s in splits.items()]),
               flush=True)
-        results[size] = {"runs": runs, "split": splits}
+        ops = {label: op_split(data, *VARIANTS[label], args.split_steps, args.op_rows)
+               for label in variants if args.op_rows and VARIANTS[label][0] == "gramian"}
+        for label, ranked in ops.items():
+            print(f"\n{label}: top operators by self CPU time (ms/step, share; torch.profiler, {args.split_steps} steps)")
+            print(table(["operator", "ms/step", "share"], [(k, f"{ms:.2f}", f"{share:.0%}") for k, ms, share in ranked]),
+                  flush=True)
+        results[size] = {"runs": runs, "split": splits, "ops": ops}
     if args.ml1m_seeds:
         results["real ml-1m"] = quality_section(args.ml1m_seeds, args.ml1m_epochs)
     print("\n" + json.dumps({"kernel": torch.backends.cpu.get_cpu_capability(), "results": results}))
