@@ -1,9 +1,11 @@
-"""CSR row arithmetic: per-row lengths ↔ offsets, the row of each entry, a gather of rows.
+"""CSR row arithmetic: per-row lengths ↔ offsets, the row of each entry, a gather of rows, a
+stable order by column (the transpose's order).
 
 Users' interactions travel as CSR arrays everywhere (``sampling.UserRows``, held-out rows, a
 batch's ``offsets``/``rows``, the Gramian loss's sorted keys): row ``i`` owns the flat entries
 ``offsets[i]:offsets[i + 1]``. These three functions are the only place that arithmetic is
-written. Each takes and returns numpy arrays, or torch tensors (kept on their device).
+written. Each takes and returns numpy arrays, or torch tensors (kept on their device); ``sort_order``
+takes torch tensors only.
 """
 from __future__ import annotations
 
@@ -81,3 +83,11 @@ def take_rows(offsets: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.nda
     new = offsets_of(lengths)
     index = np.repeat(offsets[:-1][pick] - new[:-1], lengths) + np.arange(new[-1], dtype=np.int64)
     return new, index
+
+
+def sort_order(keys: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sorted keys, stable order)`` of int64 ``keys`` in ``[0, bound)``: sorted as int32 where
+    they fit (~2.4× faster than int64 on CPU)."""
+    small = keys.to(torch.int32) if bound <= torch.iinfo(torch.int32).max else keys
+    found = torch.sort(small, stable=True)
+    return found.values, found.indices

@@ -20,8 +20,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from recoder_dist.csr import offsets_of
-from recoder_dist.models import sort_order
+from recoder_dist.csr import offsets_of, sort_order
 
 # the CSR pattern of a batch's positives (gramian_mse) is a plain input of sampled_addmm
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recoder_dist.csr import entry_rows, offsets_of
+from recoder_dist.csr import entry_rows, offsets_of, sort_order
 from recoder_dist.losses import gaussian_kl
 
 
@@ -316,14 +316,6 @@ def weighted_bag(table: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor
                                    per_sample_weights=weights, include_last_offset=True)
         return F.embedding_bag(items, table, offsets, mode="sum", per_sample_weights=weights, include_last_offset=True)
     return _WeightedBag.apply(table, items, offsets, weights, rows, row_sparse)
-
-
-def sort_order(keys: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sorted keys, stable order)`` of int64 ``keys`` in ``[0, bound)``: sorted as int32 where
-    they fit (~2.4× faster than int64 on CPU)."""
-    small = keys.to(torch.int32) if bound <= torch.iinfo(torch.int32).max else keys
-    found = torch.sort(small, stable=True)
-    return found.values, found.indices
 
 
 class _WeightedBag(torch.autograd.Function):

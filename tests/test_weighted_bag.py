@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recoder_dist.models import RecoderAutoencoder, input_dropout, sort_order, weighted_bag
+from recoder_dist.csr import sort_order
+from recoder_dist.models import RecoderAutoencoder, input_dropout, weighted_bag
 
 
 def ragged_bags(g: torch.Generator, n_items: int = 17):
