@@ -75,6 +75,7 @@ SETTINGS = ["train.loss=mse", "train.confidence=3", "train.batch_size=500", "tra
             "train.milestones=[1000]", "mlflow.enabled=false"]
 VARIANTS = {"dense MSE union": ("dense", False), "Gramian MSE union": ("gramian", False),
             "dense MSE full": ("dense", True), "Gramian MSE full": ("gramian", True)}
+ITEM_OPTIMIZER = ["adam"]  # train.item_optimizer of our variants (--item-optimizer)
 RECODER_PYTHON = ROOT / "benchmarks" / ".venv-recoder" / "bin" / "python"
 
 
@@ -142,7 +143,8 @@ def shuffled(rows: UserRows, rng: np.random.Generator) -> UserRows:
 
 
 def make_step(data: Data, form: str, full: bool) -> Step:
-    config = load_config(None, [*SETTINGS, f"train.mse_form={form}", f"train.full={str(full).lower()}"])
+    config = load_config(None, [*SETTINGS, f"train.mse_form={form}", f"train.full={str(full).lower()}",
+                                f"train.item_optimizer={ITEM_OPTIMIZER[0]}"])
     return one_process_step(config, data.num_items)
 
 
@@ -326,10 +328,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--ml1m-seeds", type=int, default=3, help="real ML-1M quality: split seeds (0: skip)")
     parser.add_argument("--ml1m-epochs", type=int, default=50)
+    parser.add_argument("--item-optimizer", default="adam", help="train.item_optimizer of ours (adam, lazy_adam, …)")
     args = parser.parse_args(argv)
+    ITEM_OPTIMIZER[0] = args.item_optimizer
     torch.set_num_threads(CORES)
     reuse_freed_memory()  # as trainer.fit does
     print(f"torch {torch.__version__}, kernel path {torch.backends.cpu.get_cpu_capability()}, {CORES} threads, "
+          f"train.item_optimizer={args.item_optimizer}, "
           f"MKL_ENABLE_INSTRUCTIONS={os.environ.get('MKL_ENABLE_INSTRUCTIONS', '-')}, "
           f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}, "
           f"FBGEMM_ENABLE_INSTRUCTIONS={os.environ.get('FBGEMM_ENABLE_INSTRUCTIONS', '-')}", flush=True)
