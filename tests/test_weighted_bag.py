@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from recoder_dist.csr import sort_order
-from recoder_dist.models import RecoderAutoencoder, input_dropout, weighted_bag
+from recoder_dist.models import RecoderAutoencoder, gather_rows, input_dropout, weighted_bag
 
 
 def ragged_bags(g: torch.Generator, n_items: int = 17):
@@ -94,3 +94,16 @@ def test_input_dropout_keeps_a_share_1_minus_p_scaled_by_its_inverse():
     out = input_dropout(torch.full((200_000,), 2.0), 0.25)
     assert out.unique().tolist() == pytest.approx([0.0, 2.0 / 0.75])
     assert abs(float((out > 0).double().mean()) - 0.75) < 0.005  # ~10 std of the share
+
+
+def test_dense_gather_rows_gradient_equals_the_embedding_one():
+    g = torch.Generator().manual_seed(15)
+    table = torch.randn(12, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    rows = torch.tensor([0, 3, 4, 11])
+    upstream = torch.randn(4, 5, dtype=torch.float64, generator=g)
+    out = gather_rows(table, rows, sparse=False)
+    torch.testing.assert_close(out, table[rows], rtol=0, atol=0)
+    (grad,) = torch.autograd.grad((out * upstream).sum(), table)
+    (expected,) = torch.autograd.grad((F.embedding(rows, table) * upstream).sum(), table)
+    assert not grad.is_sparse
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
