@@ -1,7 +1,7 @@
 """The MLflow pyfunc model: histories of original item ids in, top-k item ids and scores out.
 
-Logged with ``loader_module`` (this module) and ``data_path`` (the saved recommender: weights,
-``model.json``, ``items.parquet``): loading imports this module from the installed
+Logged with ``loader_module`` (this module) and ``data_path`` (the saved model, a
+``recoder_dist.trained`` folder: weights, ``model.json``, ``items.parquet``): loading imports this module from the installed
 ``recoder_dist`` package and calls :func:`_load_pyfunc`, so nothing is unpickled but plain
 tensors (``weights_only=True``) — no code comes from the artifact store. (Not shipped with
 ``code_paths`` either: two models shipping the same module would clash in one Spark worker.)
@@ -9,6 +9,7 @@ tensors (``weights_only=True``) — no code comes from the artifact store. (Not 
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,7 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from recoder_dist.recommender import Recommender
+from recoder_dist.trained import TrainedModel
 
 TASKS = ("recommend", "similar")
 SIGNATURE = ModelSignature(
@@ -76,21 +78,22 @@ class RecoderModel:
 
 def _load_pyfunc(data_path: str) -> RecoderModel:
     """MLflow's entry point for ``loader_module``: the model from its data folder (no unpickled code)."""
-    return RecoderModel(Recommender.load(Path(data_path)))
+    return RecoderModel(Recommender(TrainedModel.load(Path(data_path))))
 
 
-def log_model(recommender_dir: Path, input_items: list[str]) -> "mlflow.models.model.ModelInfo":
-    """Log the saved recommender as this run's ``model`` (pip requirements given: inferring them takes 15-30 s)."""
+def log_model(model: TrainedModel) -> "mlflow.models.model.ModelInfo":
+    """Log ``model`` as the active run's ``model`` (pip requirements given: inferring them takes 15-30 s)."""
     import numpy
     import pyarrow
     import torch
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                     f"pandas=={pd.__version__}", f"numpy=={numpy.__version__}", f"pyarrow=={pyarrow.__version__}",
                     "recoder-dist"]
-    return mlflow.pyfunc.log_model(name="model", loader_module=__name__, data_path=str(recommender_dir),
-                                   signature=SIGNATURE,
-                                   input_example=pd.DataFrame({"items": [input_items]}),
-                                   pip_requirements=requirements)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = model.save(Path(tmp) / "recommender")
+        return mlflow.pyfunc.log_model(name="model", loader_module=__name__, data_path=str(data), signature=SIGNATURE,
+                                       input_example=pd.DataFrame({"items": [model.items.ids[:3].astype(str).tolist()]}),
+                                       pip_requirements=requirements)
 
 
 def relog_pickled(tracking_uri: str, name: str, version: str) -> dict:
@@ -98,8 +101,6 @@ def relog_pickled(tracking_uri: str, name: str, version: str) -> dict:
     loader-module model: only its ``MLmodel`` (YAML) and its data folder (weights, item table)
     are downloaded, nothing is unpickled; the new version keeps the run, score tag and aliases.
     Points this process's MLflow at ``tracking_uri`` and the old run's experiment."""
-    import tempfile
-
     import yaml
     from mlflow.tracking import MlflowClient
 
@@ -117,8 +118,7 @@ def relog_pickled(tracking_uri: str, name: str, version: str) -> dict:
         if not path:
             raise ValueError(f"{base} is not a recoder-dist model (its MLmodel names no 'recommender' artifact)")
         data = Path(mlflow.artifacts.download_artifacts(f"{base}/{path}", dst_path=tmp))
-        recommender = Recommender.load(data)  # weights_only: refuses anything but plain tensors
-        info = log_model(data, recommender.item_ids[:3].astype(str).tolist())
+        info = log_model(TrainedModel.load(data))  # weights_only: refuses anything but plain tensors
     new = client.create_model_version(name, info.model_uri, run_id=old.run_id,
                                       tags={**old.tags, "relogged_from_version": str(old.version)})
     moved = sorted(alias for alias, v in client.get_registered_model(name).aliases.items() if str(v) == str(old.version))

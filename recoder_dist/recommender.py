@@ -1,31 +1,25 @@
 """Recommendations in original ids from a trained autoencoder: the logic behind the MLflow model.
 
-A :class:`Recommender` holds the weights, the item id map and item popularity. It answers
+A :class:`Recommender` holds a trained model (``recoder_dist.trained``: the weights and the item
+id map) and item popularity. It answers
 users' histories (original item ids, optional values) with top-k unseen items, and items with
 their most similar items (cosine over the decoder's item vectors). Unknown ids are ignored and
 counted; an empty history gets the most popular items.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
 from recoder_dist.csr import entry_rows
 from recoder_dist.metrics import ITEM_CHUNK, ItemScores, top_k_blocks
-from recoder_dist.models import RecoderAutoencoder
-
-WEIGHTS = "weights.pt"
-ITEMS = "items.parquet"
-SPEC = "model.json"
+from recoder_dist.trained import TrainedModel
 
 
 @dataclass
@@ -41,38 +35,16 @@ class Recommendations:
 
 
 class Recommender:
-    """A trained model plus its id map, answering in original item ids."""
+    """A trained model answering in original item ids (``model.items``)."""
 
-    def __init__(self, model: RecoderAutoencoder, item_ids: Sequence[str], item_counts: np.ndarray,
-                 item_chunk: int = ITEM_CHUNK) -> None:
-        self.model = model.eval()
+    def __init__(self, model: TrainedModel, item_chunk: int = ITEM_CHUNK) -> None:
+        self.model = model
+        self.network = model.network.eval()
         self.item_chunk = item_chunk
-        self.item_ids = np.asarray(item_ids, dtype=object)
+        self.item_ids = model.items.ids
         self.index = {item: i for i, item in enumerate(self.item_ids)}
-        self.counts = np.asarray(item_counts, dtype=np.int64)
-        self.popularity = torch.as_tensor(self.counts / max(1, self.counts.max()), dtype=torch.float32)
-
-    def save(self, directory: Path, model_config: dict) -> Path:
-        """Write weights (a plain state dict), the model's settings and the item table."""
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), directory / WEIGHTS)
-        (directory / SPEC).write_text(json.dumps({"num_items": self.model.num_items, "model": model_config}))
-        pd.DataFrame({"item_idx": np.arange(len(self.item_ids), dtype=np.int32),
-                      "item_id": self.item_ids.astype(str), "count": self.counts}).to_parquet(directory / ITEMS,
-                                                                                               index=False)
-        return directory
-
-    @classmethod
-    def load(cls, directory: Path) -> "Recommender":
-        """Inverse of :meth:`save`; weights load with ``weights_only=True`` (no arbitrary unpickling)."""
-        spec = json.loads((directory / SPEC).read_text())
-        m = spec["model"]
-        model = RecoderAutoencoder(spec["num_items"], hidden_sizes=m["hidden_sizes"], activation=m["activation"],
-                                   tied=m["tied"], input_dropout=m["input_dropout"],
-                                   bottleneck_dropout=m["bottleneck_dropout"])
-        model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
-        items = pq.read_table(directory / ITEMS).to_pandas()
-        return cls(model, items["item_id"].tolist(), items["count"].to_numpy())
+        counts = model.items.counts
+        self.popularity = torch.as_tensor(counts / max(1, counts.max()), dtype=torch.float32)
 
     def _known(self, histories: Sequence[Sequence[str]], values: Optional[Sequence[Sequence[float]]]):
         idx, vals, offsets, unknown = [], [], [0], []
@@ -102,10 +74,10 @@ class Recommender:
         lengths = torch.diff(offsets)
         empty = (lengths == 0).unsqueeze(1)
         with torch.no_grad():
-            z = self.model.hidden(items, vals, offsets)
+            z = self.network.hidden(items, vals, offsets)
 
         def block(start: int, stop: int) -> torch.Tensor:
-            return torch.where(empty, self.popularity[start:stop], self.model.block_logits(z, start, stop))
+            return torch.where(empty, self.popularity[start:stop], self.network.block_logits(z, start, stop))
         return self._top(ItemScores(len(self.item_ids), block), items, offsets, k, unknown)
 
     def similar(self, item_lists: Sequence[Sequence[str]], k: int = 10) -> Recommendations:
@@ -113,7 +85,7 @@ class Recommender:
         summed over the row's known items, which are excluded); popular items when none is known.
         Item vectors are normalised and scored ``item_chunk`` at a time, never all at once."""
         _check_k(k)
-        vectors = self.model.item_vectors()
+        vectors = self.network.item_vectors()
         items, _, offsets, unknown = self._known(item_lists, None)
         lengths = torch.diff(offsets)
         empty = (lengths == 0).unsqueeze(1)

@@ -11,11 +11,10 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import mlflow
 import pandas as pd
-import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -23,8 +22,10 @@ from pipeline.manifest import dataset_id
 from recoder_dist.checkpoint import CONTINUE_FINISHED, ResumeError
 from recoder_dist.config import Config, MlflowConfig, dumps
 from recoder_dist.mlflow_uri import mask
-from recoder_dist.recommender import Recommender
 from recoder_dist import mlflow_model, registry
+
+if TYPE_CHECKING:  # the trainer (and with it Horovod) is not imported to record a run
+    from recoder_dist.trainer import TrainResult
 
 METRIC_NAMES = {"train_loss", "val_recall_at_20", "val_recall_at_50", "val_ndcg_at_100", "users_per_s",
                 "epoch_s", "target_size"}
@@ -64,7 +65,7 @@ class MlflowTracker:
         ``init_from`` (the run folder a new run starts from) is recorded as a tag."""
         self.resumed_status = _resumable_status(config.mlflow.tracking_uri, run_id) if run_id else None
         configure(config.mlflow)
-        self.config, self.manifest, self.data_dir = config, manifest, data_dir
+        self.config, self.manifest = config, manifest
         self.epochs_logged = 0
         self.run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
         self.run_id = self.run.info.run_id
@@ -93,8 +94,9 @@ class MlflowTracker:
             if record["epoch"] not in logged:
                 mlflow.log_metrics({k: v for k, v in record.items() if k in METRIC_NAMES}, step=record["epoch"])
 
-    def finish(self, result: Any, checkpoint_state: dict) -> dict:
-        """Log test metrics and artifacts, log and register the best model; returns the registration."""
+    def finish(self, result: TrainResult) -> dict:
+        """Log test metrics and artifacts, log and register the best model (``result.model``: the best
+        weights with the item ids); returns the registration."""
         mlflow.log_metrics({f"test_{k}": v for k, v in result.test.items()})
         mlflow.log_metrics({f"best_val_{k}": v for k, v in result.best_validation.items()})
         mlflow.log_metric("best_epoch", result.best_epoch)
@@ -106,9 +108,7 @@ class MlflowTracker:
             plot_curves(result.history, out / "training_curves.png")
             for name in ("config.yaml", "manifest.json", "test_metrics.json", "training_curves.png"):
                 mlflow.log_artifact(str(out / name))
-            recommender = self._recommender(checkpoint_state)
-            saved = recommender.save(out / "recommender", self.config.to_dict()["model"])
-            info = mlflow_model.log_model(saved, recommender.item_ids[:3].astype(str).tolist())
+        info = mlflow_model.log_model(result.model)
         val_ndcg = result.best_validation.get("ndcg_at_100", float("nan"))
         registration = registry.register(MlflowClient(), self.config.mlflow.registered_model, info.model_uri,
                                          self.run_id, val_ndcg, dataset_id(self.manifest), model_id=info.model_id)
@@ -116,13 +116,6 @@ class MlflowTracker:
                          "checkpoint_dir": str(Path(result.best_checkpoint).parent)})
         mlflow.end_run("FINISHED")
         return registration
-
-    def _recommender(self, state: dict) -> Recommender:
-        from recoder_dist.trainer import build_model
-        items = pq.read_table(Path(self.data_dir) / "items").to_pandas().sort_values("item_idx")
-        model = build_model(int(self.manifest["num_items"]), self.config)
-        model.load_state_dict(state["model"])
-        return Recommender(model, items["item_id"].astype(str).tolist(), items["count"].to_numpy())
 
     def fail(self, status: str = "FAILED") -> None:
         """End the run as ``status`` (FAILED, or KILLED when stopped by a signal), except a resume

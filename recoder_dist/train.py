@@ -116,7 +116,7 @@ def _train(args: argparse.Namespace, workers) -> tuple[int, dict | None]:
             run_state = {"mlflow_run_id": tracker.run_id}
         result = fit(config, args.data, workers, resume=resume, tracker=tracker, run_state=run_state,
                      init_from=args.init_from)
-        registration = tracker.finish(result, checkpoint.load(result.best_checkpoint)) if tracker else None
+        registration = tracker.finish(result) if tracker else None
     except (ConfigError, DatasetError, ValueError) as error:
         if tracker:
             tracker.fail()

@@ -31,6 +31,7 @@ from recoder_dist.optim import ROW_RULES, build_optimizer
 from recoder_dist.precision import training_dtype
 from recoder_dist.schedule import evaluations_since_best, kl_weight, lr_scheduler, should_stop
 from recoder_dist.sampling import Batch, make_batches, retarget
+from recoder_dist.trained import ItemMap, TrainedModel, build_network
 
 log = logging.getLogger("recoder.train")
 
@@ -53,14 +54,13 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_checkpoint: Optional[Path] = None
     stopped_early: bool = False
+    model: Optional[TrainedModel] = None  # rank 0: the best weights with the item ids (what tracking logs); else None
 
 
 def build_model(num_items: int, config: Config) -> RecoderAutoencoder:
-    """The autoencoder of ``config.model`` for a catalogue of ``num_items``."""
-    m = config.model
-    return RecoderAutoencoder(num_items, hidden_sizes=[int(h) for h in m.hidden_sizes], activation=m.activation,
-                              tied=m.tied, input_dropout=m.input_dropout, bottleneck_dropout=m.bottleneck_dropout,
-                              sparse=config.train.item_optimizer in ROW_RULES, variational=m.variational)
+    """The network the trainer trains: ``config.model``'s for a catalogue of ``num_items``, with
+    row-sparse item gradients when ``train.item_optimizer`` updates item rows lazily."""
+    return build_network(num_items, config.model, sparse=config.train.item_optimizer in ROW_RULES)
 
 
 def steps_per_epoch(num_train_users: int, batch_size: int, ranks: int) -> int:
@@ -396,6 +396,7 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
         if workers.is_root:
             checkpoint.mark_finished(run_dir, {"epochs": trained, "best_epoch": int(best["epoch"]),
                                                "stopped_early": stopped})
+        kept = TrainedModel(model.cpu(), config.model, ItemMap.of_dataset(data_dir)) if workers.is_root else None
         return TrainResult(epochs=trained, steps_per_epoch=steps, best_epoch=int(best["epoch"]),
                            best_validation={k: best[k] for k in METRICS if k in best}, test=test, history=history,
-                           best_checkpoint=run_dir / checkpoint.BEST, stopped_early=stopped)
+                           best_checkpoint=run_dir / checkpoint.BEST, stopped_early=stopped, model=kept)

@@ -2,7 +2,8 @@
 
 Test helper, not a product entry point: trains with ``trainer.fit`` exactly as
 ``recoder_dist.train`` does (without MLflow) and writes ``<out>/rank-<r>.json`` on every rank:
-a SHA-256 digest of the rank's weights after each epoch, and the run's result.
+a SHA-256 digest of the rank's weights after each epoch, and the run's result (without the
+trained model itself, ``model``, which rank 0 alone holds).
 
 ``TEST_CHECKPOINT_DIR_RANK_<r>`` in the environment gives rank r a ``train.checkpoint_dir`` of
 its own, as a host that does not see rank 0's disk would have.
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,7 +54,7 @@ def main() -> int:
                  on_epoch_end=lambda epoch, model, record: digests.__setitem__(epoch, digest(model)))
     report = {"rank": workers.rank, "size": workers.size, "digests": digests,
               "checkpoint_dir": config.train.checkpoint_dir,
-              "result": {**asdict(result), "best_checkpoint": str(result.best_checkpoint)}}
+              "result": {**asdict(replace(result, model=None)), "best_checkpoint": str(result.best_checkpoint)}}
     Path(args.out, f"rank-{workers.rank}.json").write_text(json.dumps(report))
     return 0
 

@@ -3,6 +3,7 @@
 The learning rate drops to 0 at a milestone (``gamma=0``): from then on the weights, and so the
 validation metrics, stay exactly as they were, and no later evaluation can beat the best one. So
 a run must stop ``patience`` evaluations after its best epoch, wherever that falls."""
+import pyarrow.parquet as pq
 import pytest
 import torch
 from _data import GLOBAL_BATCH, TRAIN, prepared_dataset, train
@@ -62,6 +63,15 @@ def test_it_keeps_the_best_epoch(stopped, data):
     from recoder_dist.feed import read_heldout
     test = means(metric_sums(model_scorer(model), read_heldout(str(data), "test"), 500, torch.device("cpu")))
     assert test == pytest.approx(result.test)
+    # fit hands back those very weights with the dataset's item ids: what tracking logs and registers
+    assert result.model.settings == load_config(None, [*TRAIN]).model
+    returned = result.model.network.state_dict()
+    assert returned.keys() == best["model"].keys()
+    for name, tensor in best["model"].items():
+        assert torch.equal(returned[name], tensor), name
+    items = pq.read_table(data / "items").to_pandas().sort_values("item_idx")
+    assert result.model.items.ids.tolist() == items["item_id"].tolist()
+    assert result.model.items.counts.tolist() == items["count"].tolist()
 
 
 def test_patience_zero_trains_every_epoch(data, tmp_path):

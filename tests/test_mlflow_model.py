@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -23,7 +22,8 @@ from mlflow.tracking import MlflowClient
 from recoder_dist import mlflow_model, registry
 from recoder_dist.config import ModelConfig
 from recoder_dist.models import RecoderAutoencoder
-from recoder_dist.recommender import WEIGHTS, Recommender
+from recoder_dist.recommender import Recommender
+from recoder_dist.trained import WEIGHTS, ItemMap, TrainedModel
 
 ITEMS = [f"i{n}" for n in range(12)]
 NAME = "pickle-free"
@@ -47,14 +47,13 @@ def logged(tmp_path_factory):
     torch.manual_seed(0)
     config = ModelConfig(hidden_sizes=[4], input_dropout=0.0)
     network = RecoderAutoencoder(len(ITEMS), hidden_sizes=config.hidden_sizes, input_dropout=0.0)
-    reference = Recommender(network, ITEMS, np.arange(len(ITEMS), 0, -1))
+    reference = Recommender(TrainedModel(network, config, ItemMap(ITEMS, np.arange(len(ITEMS), 0, -1))))
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.create_experiment("pyfunc", artifact_location=(folder / "mlruns").as_uri())
         with mlflow.start_run(experiment_id=experiment) as run:
-            saved = reference.save(folder / "recommender", asdict(config))
-            info = mlflow_model.log_model(saved, ITEMS[:3])
+            info = mlflow_model.log_model(reference.model)
         registry.register(MlflowClient(uri), NAME, info.model_uri, run.info.run_id, 0.5, "tiny")
         location = mlflow.get_logged_model(info.model_id).artifact_location
     finally:
@@ -154,7 +153,7 @@ def test_relog_registers_an_old_pickled_version_again_without_unpickling(logged,
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("pyfunc").experiment_id
         with mlflow.start_run(experiment_id=experiment) as run:
-            saved = reference.save(tmp_path / "recommender", asdict(ModelConfig(hidden_sizes=[4], input_dropout=0.0)))
+            saved = reference.model.save(tmp_path / "recommender")
             info = mlflow.pyfunc.log_model(name="model", python_model=OldPyfunc(), artifacts={"recommender": str(saved)},
                                            pip_requirements=["mlflow"])
         registry.register(client, name, info.model_uri, run.info.run_id, 0.4, "tiny")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,7 +10,8 @@ import torch
 
 from recoder_dist.config import ModelConfig
 from recoder_dist.models import RecoderAutoencoder
-from recoder_dist.recommender import WEIGHTS, Recommender
+from recoder_dist.recommender import Recommender
+from recoder_dist.trained import WEIGHTS, ItemMap, TrainedModel
 
 ITEMS = ["a", "b", "c", "d", "e"]
 COUNTS = np.array([5, 50, 10, 1, 20])  # popularity order: b, e, c, a, d
@@ -29,7 +29,7 @@ def recommender() -> Recommender:
     with torch.no_grad():
         model.output_weight.copy_(torch.tensor(VECTORS))
         model.output_bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0, -0.1]))
-    return Recommender(model, ITEMS, COUNTS)
+    return Recommender(TrainedModel(model, MODEL, ItemMap(ITEMS, COUNTS)))
 
 
 def model_ranking(recommender: Recommender, history: list[str], values: list[float] | None = None) -> list[str]:
@@ -37,7 +37,7 @@ def model_ranking(recommender: Recommender, history: list[str], values: list[flo
     idx = torch.tensor([ITEMS.index(i) for i in history])
     vals = torch.tensor(values if values is not None else [1.0] * len(history))
     with torch.no_grad():
-        logits = recommender.model(idx, vals, torch.tensor([0, len(history)]))[0]
+        logits = recommender.network(idx, vals, torch.tensor([0, len(history)]))[0]
     order = torch.argsort(logits, descending=True).tolist()
     return [ITEMS[i] for i in order if ITEMS[i] not in history]
 
@@ -58,7 +58,7 @@ def test_unknown_ids_are_ignored_and_counted(recommender):
     assert result.items[0] == result.items[1]
     assert result.scores[0] == result.scores[1]
     assert result.items[2] == POPULAR[:3]  # nothing known: like an empty history
-    numeric = Recommender(recommender.model, ["1", "2", "3", "4", "5"], COUNTS)
+    numeric = Recommender(TrainedModel(recommender.network, MODEL, ItemMap(["1", "2", "3", "4", "5"], COUNTS)))
     assert numeric.recommend([[1, 3]], k=3).items == numeric.recommend([["1", "3"]], k=3).items
 
 
@@ -113,16 +113,17 @@ def test_similar_excludes_the_query_and_ranks_by_cosine(recommender):
 
 
 def test_save_and_load_give_identical_outputs(recommender, tmp_path):
-    saved = recommender.save(tmp_path / "rec", asdict(MODEL))
-    loaded = Recommender.load(saved)
+    saved = recommender.model.save(tmp_path / "rec")
+    loaded = Recommender(TrainedModel.load(saved))
     histories = [["a", "c"], [], ["b", "zzz"], ["d"]]
     for method in ("recommend", "similar"):
         before, after = getattr(recommender, method)(histories, k=3), getattr(loaded, method)(histories, k=3)
         assert (before.items, before.scores, before.unknown) == (after.items, after.scores, after.unknown)
     assert loaded.item_ids.tolist() == ITEMS
-    assert loaded.counts.tolist() == COUNTS.tolist()
-    for name, tensor in recommender.model.state_dict().items():
-        assert torch.equal(tensor, loaded.model.state_dict()[name]), name
+    assert loaded.model.items.counts.tolist() == COUNTS.tolist()
+    assert loaded.model.settings == MODEL
+    for name, tensor in recommender.network.state_dict().items():
+        assert torch.equal(tensor, loaded.network.state_dict()[name]), name
 
 
 class _Planted:
@@ -136,17 +137,17 @@ class _Planted:
 
 
 def test_load_refuses_weights_that_are_not_plain_tensors(recommender, tmp_path):
-    saved = recommender.save(tmp_path / "rec", asdict(MODEL))
+    saved = recommender.model.save(tmp_path / "rec")
     marker = tmp_path / "code-ran"
-    torch.save({**recommender.model.state_dict(), "extra": _Planted(str(marker))}, saved / WEIGHTS)
+    torch.save({**recommender.network.state_dict(), "extra": _Planted(str(marker))}, saved / WEIGHTS)
     with pytest.raises(pickle.UnpicklingError):
-        Recommender.load(saved)
+        TrainedModel.load(saved)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 def test_scoring_in_item_chunks_answers_as_one_block(recommender, chunk):
-    chunked = Recommender(recommender.model, ITEMS, COUNTS, item_chunk=chunk)
+    chunked = Recommender(recommender.model, item_chunk=chunk)
     histories = [["a"], ["b", "e"], [], ["zzz"], ITEMS[:4]]
     for method in ("recommend", "similar"):
         whole, parts = getattr(recommender, method)(histories, k=4), getattr(chunked, method)(histories, k=4)

@@ -21,6 +21,7 @@ from _data import (MLFLOW_TRAIN, MODEL_NAME, environment, mlflow_store, original
 from recoder_dist import checkpoint
 from recoder_dist.config import load_config
 from recoder_dist.recommender import Recommender
+from recoder_dist.trained import ItemMap, TrainedModel
 from recoder_dist.trainer import build_model
 
 
@@ -32,9 +33,10 @@ def data(spark, tmp_path_factory):
 def recommender(data_dir: Path, best: Path) -> Recommender:
     """The in-process recommender of a ``best.pt``."""
     items = pq.read_table(Path(data_dir) / "items").to_pandas().sort_values("item_idx")
-    network = build_model(len(items), load_config(None, MLFLOW_TRAIN))
+    config = load_config(None, MLFLOW_TRAIN)
+    network = build_model(len(items), config)
     network.load_state_dict(checkpoint.load(best)["model"])
-    return Recommender(network, items["item_id"].tolist(), items["count"].to_numpy())
+    return Recommender(TrainedModel(network, config.model, ItemMap(items["item_id"].tolist(), items["count"].to_numpy())))
 
 
 def champion_scores(uri: str, histories: list[list[str]]) -> list[list[float]]:
