@@ -79,7 +79,7 @@ class MlflowTracker:
                 "data.schema_version": manifest["schema_version"], "data.num_items": manifest["num_items"],
                 **{f"data.num_users.{k}": v for k, v in manifest["num_users"].items()},
                 "data.nnz_train": manifest["nnz"]["train"]["items"]})
-            mlflow.set_tags({"git_commit": _git_commit(), "horovod_size": ranks, "device": device,
+            mlflow.set_tags({"git_commit": _git_commit(), "ranks": ranks, "device": device,
                              **({"init_from": str(Path(init_from).resolve())} if init_from else {})})
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -22,6 +22,7 @@ from _faults import remove
 from pipeline.manifest import dataset_id, read_manifest
 from recoder_dist.config import load_config
 from recoder_dist.recommender import Recommender
+from recoder_dist.trained import ItemMap, TrainedModel
 from recoder_dist.trainer import build_model
 
 EPOCH_METRICS = ["train_loss", "val_recall_at_20", "val_recall_at_50", "val_ndcg_at_100", "users_per_s", "epoch_s"]
@@ -61,7 +62,7 @@ def test_training_creates_one_finished_run_with_params(model):
     assert params["data.nnz_train"] == str(manifest["nnz"]["train"]["items"])
     for split, count in manifest["num_users"].items():
         assert params[f"data.num_users.{split}"] == str(count)
-    assert run.data.tags["horovod_size"] == "2" and run.data.tags["registered_version"] == "1"
+    assert run.data.tags["ranks"] == "2" and run.data.tags["registered_version"] == "1"
 
 
 def test_run_has_per_epoch_metrics_test_metrics_and_artifacts(model, tmp_path):
@@ -103,7 +104,8 @@ def test_pyfunc_champion_recommends_as_the_in_process_recommender(model):
     items = pq.read_table(Path(model.data_dir) / "items").to_pandas().sort_values("item_idx")
     network = build_model(len(items), config)
     network.load_state_dict(torch.load(model.checkpoint_dir / "best.pt", weights_only=True)["model"])
-    reference = Recommender(network, items["item_id"].tolist(), items["count"].to_numpy())
+    reference = Recommender(TrainedModel(network, config.model, ItemMap(items["item_id"].tolist(),
+                                                                     items["count"].to_numpy())))
 
     histories = list(original_histories(model.data_dir, "test").values())[:40]
     histories += [[], ["no-such-item", histories[0][0]], ["no-such-item"]]

@@ -60,7 +60,7 @@ def test_job_logs_one_finished_run_and_registers_a_version(job):
     assert [r.info.run_id for r in runs] == [summary["mlflow_run_id"]]
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.tags["horovod_size"] == "2" and run.data.params["train.batch_size"] == str(GLOBAL_BATCH // 2)
+    assert run.data.tags["ranks"] == "2" and run.data.params["train.batch_size"] == str(GLOBAL_BATCH // 2)
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2]
     assert summary["registered"]["name"] == MODEL_NAME and summary["registered"]["version"] == 1
     version = client.get_model_version(MODEL_NAME, "1")
