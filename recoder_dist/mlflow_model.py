@@ -1,10 +1,10 @@
 """The MLflow pyfunc model: histories of original item ids in, top-k item ids and scores out.
 
 Logged with ``loader_module`` (this module) and ``data_path`` (the saved model, a
-``recoder_dist.trained`` folder: weights, ``model.json``, ``items.parquet``): loading imports this module from the installed
-``recoder_dist`` package and calls :func:`_load_pyfunc`, so nothing is unpickled but plain
-tensors (``weights_only=True``) — no code comes from the artifact store. (Not shipped with
-``code_paths`` either: two models shipping the same module would clash in one Spark worker.)
+``recoder_dist.trained`` folder: weights, ``model.json``, ``items.parquet``): loading imports this
+module from the installed ``recoder_dist`` package and calls :func:`_load_pyfunc`, so nothing is
+unpickled but plain tensors (``weights_only=True``) — no code comes from the artifact store. (Not
+shipped with ``code_paths`` either: two models shipping the same module would clash in one Spark worker.)
 """
 from __future__ import annotations
 
@@ -91,9 +91,9 @@ def log_model(model: TrainedModel) -> "mlflow.models.model.ModelInfo":
                     "recoder-dist"]
     with tempfile.TemporaryDirectory() as tmp:
         data = model.save(Path(tmp) / "recommender")
+        example = pd.DataFrame({"items": [model.items.ids[:3].astype(str).tolist()]})
         return mlflow.pyfunc.log_model(name="model", loader_module=__name__, data_path=str(data), signature=SIGNATURE,
-                                       input_example=pd.DataFrame({"items": [model.items.ids[:3].astype(str).tolist()]}),
-                                       pip_requirements=requirements)
+                                       input_example=example, pip_requirements=requirements)
 
 
 def relog_pickled(tracking_uri: str, name: str, version: str) -> dict:
