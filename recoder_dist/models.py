@@ -185,23 +185,6 @@ class RecoderAutoencoder(nn.Module):
             z = F.dropout(z, self.bottleneck_dropout, training=True)
         return z, kl
 
-    def encode(self, items: torch.Tensor, values: torch.Tensor,
-               offsets: torch.Tensor) -> torch.Tensor:
-        """Bottleneck representation of each user, without noise.
-
-        Parameters
-        ----------
-        items, values : torch.Tensor, shape (nnz,)
-            Item ids (int64) and values of the users' interactions.
-        offsets : torch.Tensor of int64, shape (B + 1,)
-            CSR offsets.
-
-        Returns
-        -------
-        torch.Tensor, shape (B, hidden_sizes[-1])
-        """
-        return self._encode(items, values, offsets, noisy=False)[0]
-
     def hidden(self, items: torch.Tensor, values: torch.Tensor,
                offsets: torch.Tensor) -> torch.Tensor:
         """The representation the output layer reads: the encoder, then the mirrored decoder
@@ -261,10 +244,8 @@ class RecoderAutoencoder(nn.Module):
 
         Parameters
         ----------
-        items, values : torch.Tensor, shape (nnz,)
-            Item ids (int64) and values of the users' interactions.
-        offsets : torch.Tensor of int64, shape (B + 1,)
-            CSR offsets.
+        items, values, offsets : torch.Tensor
+            The users' interactions in CSR form, as :meth:`hidden` reads them.
         target_items : torch.Tensor of int64, shape (T,), optional
             Items to score; all items when None.
 

@@ -69,7 +69,7 @@ def test_first_layer_is_dense_matmul_of_normalized_input(inputs, activation, fn)
         model.encoder_bias.normal_()
         x = F.normalize(dense_input(*inputs), p=2, dim=1)
         expected = fn(x @ model.item_embedding.weight + model.encoder_bias)
-        torch.testing.assert_close(model.encode(*inputs), expected)
+        torch.testing.assert_close(model.hidden(*inputs), expected)  # one layer: hidden is the encoder
         # user 0: norm of (2, 1, 2) is 3
         torch.testing.assert_close(x[0, [1, 4, 7]], torch.tensor([2 / 3, 1 / 3, 2 / 3]))
 
@@ -118,7 +118,10 @@ def test_dropout_only_in_training(inputs):
     c, d = model(*inputs), model(*inputs)
     assert not torch.allclose(c, d)
     assert not torch.allclose(a, c)
-    torch.testing.assert_close(model.encode(*inputs), model.eval().encode(*inputs))
+    # in evaluation neither dropout applies: the network answers as its noise-free twin
+    clean = RecoderAutoencoder(NUM_ITEMS, (16, 8), input_dropout=0.0, bottleneck_dropout=0.0)
+    clean.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model.eval().hidden(*inputs), clean.train().hidden(*inputs))
 
 
 def test_no_noise_train_equals_eval(inputs):
@@ -192,7 +195,7 @@ def test_variational_model_scores_with_the_mean_in_eval_mode(inputs):
         log_variance = model.variance_layer(h)
         decoded = torch.tanh(mean @ model.decoder_weights[0].t() + model.decoder_biases[0])
         torch.testing.assert_close(first, decoded @ model.output_weight.t() + model.output_bias)
-        torch.testing.assert_close(model.encode(*inputs), mean)
+        torch.testing.assert_close(model.hidden(*inputs), decoded)  # decoded from the mean itself
         z, kl = model.hidden_kl(*inputs)
         torch.testing.assert_close(kl, gaussian_kl(mean, log_variance))
 
