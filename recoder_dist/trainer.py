@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Union
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from pipeline.manifest import DatasetError, read_manifest, verify_files
@@ -24,7 +25,7 @@ from recoder_dist.allocator import reuse_freed_memory
 from recoder_dist.config import Config, TrainConfig
 from recoder_dist.distributed import Workers
 from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
-from recoder_dist.feed import prefetch, read_heldout, train_rows
+from recoder_dist.feed import HeldoutRows, prefetch, read_heldout, train_rows
 from recoder_dist.losses import HiddenLossFn, LossFn, get_hidden_loss, get_loss, union_log_inclusion
 from recoder_dist.models import RecoderAutoencoder
 from recoder_dist.optim import ROW_RULES, build_optimizer
@@ -98,7 +99,7 @@ NOT_IDENTITY = frozenset({"epochs", "checkpoint_dir", "threads", "reader_pool", 
                           "eval_batch_size", "patience", "mse_form"})  # mse_form: the same loss, two ways
 
 
-def _identity(config: Config, manifest: dict, ranks: int) -> dict[str, Any]:
+def run_identity(config: Config, manifest: dict, ranks: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: what changes the optimisation (the data, the
     model, every training setting but ``NOT_IDENTITY``, and the ranks: each rank's batch and
     shard depend on them, and the global batch is ranks × ``train.batch_size``) and nothing else."""
@@ -253,6 +254,191 @@ def _stops_early(history: list[dict], best: dict, patience: int, workers: Worker
     return stop
 
 
+def _check_dataset(data_dir: str, workers: Workers) -> dict:
+    """The manifest of ``data_dir``, its files verified and its train split shardable over the ranks."""
+    manifest = read_manifest(data_dir)
+    verify_files(data_dir, manifest)  # a lost or torn part file would silently train on fewer users
+    groups = manifest["row_groups"]["train"]
+    if groups < workers.size:
+        raise DatasetError(f"{data_dir}: train has {groups} row groups, fewer than the {workers.size} ranks "
+                           f"(Petastorm shards by row group); prepare it with a larger prepare.max_ranks")
+    if groups % workers.size and workers.is_root:
+        log.warning("train has %d row groups for %d ranks: Petastorm deals them out by index, so some ranks "
+                    "hold one group more and see their users more often per epoch; prepare with "
+                    "prepare.max_ranks a multiple of the ranks for equal shares", groups, workers.size)
+    return manifest
+
+
+def _set_up_process(t: TrainConfig, workers: Workers) -> tuple[torch.device, str]:
+    """Seed torch, set its threads and malloc's thresholds; the device and the dtype to train in."""
+    torch.manual_seed(t.seed)
+    torch.set_num_threads(t.threads or workers.default_threads())
+    if not reuse_freed_memory() and workers.is_root:
+        log.info("could not raise malloc's thresholds (not glibc?): step buffers are mapped afresh each step")
+    device = workers.device()
+    dtype, dtype_note = training_dtype(t.dtype, t.force_dtype, device)
+    if dtype_note and workers.is_root:
+        log.warning(dtype_note)
+    return device, dtype
+
+
+def _build_step(config: Config, data_dir: str, num_items: int, n_train: int, workers: Workers, device: torch.device,
+                dtype: str) -> tuple[Step, LambdaLR]:
+    """A fresh model, its optimizer and loss as one :class:`Step`, and the learning-rate schedule."""
+    t = config.train
+    model = build_model(num_items, config).to(device)
+    optimizer = build_optimizer(model, t.item_optimizer, t.lr, t.weight_decay, t.item_lr or None)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    log_q = union_log_q(data_dir, num_items, n_train, t, workers.size).to(device) if t.logq_correction else None
+    step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
+                autocast, device, hidden_loss(t), log_q)
+    return step, lr_scheduler(optimizer, t)
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the last epoch trained (0 before the first), every epoch's record and the
+    best validation so far."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": 0, "ndcg_at_100": -1.0})
+    stopped_early: bool = False
+
+
+RESUMED = ("optimizer", "scheduler", "torch_rng", "epoch", "history", "best")  # what last.pt gives every rank
+
+
+def _start(step: Step, scheduler: LambdaLR, identity: dict, workers: Workers, resume: Union[bool, str, Path],
+           init_from: Optional[Path]) -> tuple[Path, Progress]:
+    """The run folder and where training starts: afresh, from ``init_from``'s weights, or where the
+    resumed checkpoint left off, with its weights, optimizer, schedule and RNG on every rank.
+
+    Rank 0 alone reads the checkpoint folder (other hosts need not see it) and sends the rest
+    what they need; a refusal reaches every rank, so all of them stop with the same message."""
+    model = step.model
+    run_dir, state, opened = None, None, {}
+    if workers.is_root:
+        try:
+            run_dir, state = _open_run(Path(step.config.train.checkpoint_dir), resume, identity)
+            if init_from is not None:
+                model.load_state_dict(_initial_weights(Path(init_from), identity))
+                log.info("starting from the weights of %s", init_from)
+            opened = {"run_dir": str(run_dir)}
+        except checkpoint.ResumeError as error:
+            opened = {"error": str(error)}
+    opened = workers.broadcast_object(opened, "resume_opened")
+    if "error" in opened:
+        raise checkpoint.ResumeError(opened["error"])
+    run_dir = Path(opened["run_dir"])
+    resumed = workers.broadcast_object(None if state is None else {k: state[k] for k in RESUMED}, "resume_state")
+    progress = Progress()
+    if resumed is not None:
+        if workers.is_root:
+            model.load_state_dict(state["model"])
+        step.optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["torch_rng"])
+        progress = Progress(resumed["epoch"], resumed["history"], resumed["best"])
+        if workers.is_root:
+            log.info("resumed from %s after epoch %d", run_dir / checkpoint.LAST, resumed["epoch"])
+    elif workers.is_root:
+        log.info("checkpoints in %s", run_dir)
+    workers.broadcast_model(model)
+    return run_dir, progress
+
+
+@dataclass(frozen=True)
+class _Checkpoints:
+    """The two checkpoints of one run folder, written by rank 0: ``best.pt`` (the best validation's
+    weights) and ``last.pt`` (everything :func:`_start` resumes from)."""
+
+    run_dir: Path
+    config: Config
+    identity: dict
+    run_state: dict  # the tracker's, e.g. the MLflow run id
+
+    def save_best(self, model: RecoderAutoencoder, epoch: int, scores: dict[str, float]) -> None:
+        checkpoint.save(self.run_dir / checkpoint.BEST, {
+            "model": model.state_dict(), "epoch": epoch, "num_items": model.num_items,
+            "config": self.config.to_dict(), "validation": scores})
+
+    def save_last(self, step: Step, scheduler: LambdaLR, epoch: int, progress: Progress) -> None:
+        checkpoint.save(self.run_dir / checkpoint.LAST, {
+            "model": step.model.state_dict(), "optimizer": step.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+            "history": progress.history, "best": progress.best, "identity": self.identity,
+            "run_state": dict(self.run_state)})
+
+
+def _evaluate(model: RecoderAutoencoder, rows: HeldoutRows, t: TrainConfig, workers: Workers,
+              device: torch.device) -> dict[str, float]:
+    """The metrics of ``model`` on held-out ``rows`` (this rank's shard), averaged over all ranks' users."""
+    return means(workers.sum(metric_sums(model_scorer(model), rows, t.eval_batch_size, device)))
+
+
+def _log_epoch(record: dict[str, float], epochs: int) -> None:
+    log.info("epoch %d/%d  loss %.4f  %s  %.0f users/s  %.1f s  |target| %.0f", record["epoch"], epochs,
+             record["train_loss"], "  ".join(f"{k} {record[k]:.4f}" for k in record if k.startswith("val_")),
+             record["users_per_s"], record["epoch_s"], record["target_size"])
+
+
+def _train_epochs(step: Step, scheduler: LambdaLR, stream: Iterator[Batch], steps: int, validation: HeldoutRows,
+                  progress: Progress, checkpoints: _Checkpoints, tracker: Optional[Tracker],
+                  on_epoch_end: Optional[Callable[[int, torch.nn.Module, dict], None]]) -> None:
+    """The epochs after ``progress.epoch`` up to ``train.epochs`` (fewer when early stopping ends the
+    run): train, evaluate every ``train.eval_every``, checkpoint, log and report (rank 0); updates
+    ``progress``."""
+    t, workers = step.config.train, step.workers
+    for epoch in range(progress.epoch + 1, t.epochs + 1):
+        if _stops_early(progress.history, progress.best, t.patience, workers):
+            progress.stopped_early = True
+            return
+        record = _train_epoch(step, stream, steps, epoch)
+        scheduler.step()
+        if epoch % t.eval_every == 0 or epoch == t.epochs:
+            scores = _evaluate(step.model, validation, t, workers, step.device)
+            record.update({f"val_{k}": v for k, v in scores.items()})
+            if scores["ndcg_at_100"] > progress.best["ndcg_at_100"]:
+                progress.best = {"epoch": epoch, **scores}
+                if workers.is_root:
+                    checkpoints.save_best(step.model, epoch, scores)
+        progress.epoch = epoch
+        progress.history.append(record)
+        if workers.is_root:
+            checkpoints.save_last(step, scheduler, epoch, progress)
+            _log_epoch(record, t.epochs)
+            if tracker is not None:
+                tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, step.model, record)
+
+
+def _restore_best(model: RecoderAutoencoder, run_dir: Path, workers: Workers) -> None:
+    """Load the best validation's weights (rank 0 reads ``best.pt``, every rank gets them); the model
+    keeps its last weights when no epoch was evaluated."""
+    best_state = checkpoint.load(run_dir / checkpoint.BEST) if workers.is_root else None
+    weights = workers.broadcast_object(best_state["model"] if best_state else None, "best_model")
+    if weights is not None:
+        model.load_state_dict(weights)
+
+
+def _finish(model: RecoderAutoencoder, config: Config, data_dir: str, run_dir: Path, progress: Progress, steps: int,
+            test: dict[str, float], workers: Workers) -> TrainResult:
+    """Mark the run finished (rank 0) and hand back its result; rank 0's carries the model, with the
+    best weights, as a :class:`~recoder_dist.trained.TrainedModel` (on the CPU, with the item ids)."""
+    best_epoch = int(progress.best["epoch"])
+    trained = None
+    if workers.is_root:
+        checkpoint.mark_finished(run_dir, {"epochs": progress.epoch, "best_epoch": best_epoch,
+                                           "stopped_early": progress.stopped_early})
+        trained = TrainedModel(model.cpu(), config.model, ItemMap.of_dataset(data_dir))
+    return TrainResult(epochs=progress.epoch, steps_per_epoch=steps, best_epoch=best_epoch,
+                       best_validation={k: progress.best[k] for k in METRICS if k in progress.best}, test=test,
+                       history=progress.history, best_checkpoint=run_dir / checkpoint.BEST,
+                       stopped_early=progress.stopped_early, model=trained)
+
+
 def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str, Path] = False,
         tracker: Optional[Tracker] = None, run_state: Optional[dict] = None,
         on_epoch_end: Optional[Callable[[int, torch.nn.Module, dict], None]] = None,
@@ -277,126 +463,28 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
     Sets this process's torch threads and malloc thresholds (``recoder_dist.allocator``).
     """
     t = config.train
-    manifest = read_manifest(data_dir)
-    verify_files(data_dir, manifest)  # a lost or torn part file would silently train on fewer users
-    num_items = int(manifest["num_items"])
-    n_train = int(manifest["num_users"]["train"])
-    groups = manifest["row_groups"]["train"]
-    if groups < workers.size:
-        raise DatasetError(f"{data_dir}: train has {groups} row groups, fewer than the {workers.size} ranks "
-                           f"(Petastorm shards by row group); prepare it with a larger prepare.max_ranks")
-    if groups % workers.size and workers.is_root:
-        log.warning("train has %d row groups for %d ranks: Petastorm deals them out by index, so some ranks "
-                    "hold one group more and see their users more often per epoch; prepare with "
-                    "prepare.max_ranks a multiple of the ranks for equal shares", groups, workers.size)
-    torch.manual_seed(t.seed)
-    torch.set_num_threads(t.threads or workers.default_threads())
-    if not reuse_freed_memory() and workers.is_root:
-        log.info("could not raise malloc's thresholds (not glibc?): step buffers are mapped afresh each step")
-    device = workers.device()
-    dtype, dtype_note = training_dtype(t.dtype, t.force_dtype, device)
-    if dtype_note and workers.is_root:
-        log.warning(dtype_note)
-    model = build_model(num_items, config).to(device)
-    optimizer = build_optimizer(model, t.item_optimizer, t.lr, t.weight_decay, t.item_lr or None)
-    scheduler = lr_scheduler(optimizer, t)
+    manifest = _check_dataset(data_dir, workers)
+    num_items, n_train = int(manifest["num_items"]), int(manifest["num_users"]["train"])
+    device, dtype = _set_up_process(t, workers)
+    step, scheduler = _build_step(config, data_dir, num_items, n_train, workers, device, dtype)
     steps = steps_per_epoch(n_train, t.batch_size, workers.size)
-    identity = _identity(config, manifest, workers.size)
-
-    # Rank 0 alone reads the checkpoint folder (other hosts need not see it) and sends the rest
-    # what they need; a refusal reaches every rank, so all of them stop with the same message.
-    run_dir, state, opened = None, None, {}
-    if workers.is_root:
-        try:
-            run_dir, state = _open_run(Path(t.checkpoint_dir), resume, identity)
-            if init_from is not None:
-                model.load_state_dict(_initial_weights(Path(init_from), identity))
-                log.info("starting from the weights of %s", init_from)
-            opened = {"run_dir": str(run_dir)}
-        except checkpoint.ResumeError as error:
-            opened = {"error": str(error)}
-    opened = workers.broadcast_object(opened, "resume_opened")
-    if "error" in opened:
-        raise checkpoint.ResumeError(opened["error"])
-    run_dir = Path(opened["run_dir"])
-    resumed = workers.broadcast_object(
-        None if state is None else {k: state[k] for k in ("optimizer", "scheduler", "torch_rng", "epoch", "history",
-                                                           "best")}, "resume_state")
-    start_epoch, history, best = 1, [], {"epoch": 0, "ndcg_at_100": -1.0}
-    if resumed is not None:
-        if workers.is_root:
-            model.load_state_dict(state["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        torch.set_rng_state(resumed["torch_rng"])
-        start_epoch, history, best = resumed["epoch"] + 1, resumed["history"], resumed["best"]
-        if workers.is_root:
-            log.info("resumed from %s after epoch %d", run_dir / checkpoint.LAST, resumed["epoch"])
-    elif workers.is_root:
-        log.info("checkpoints in %s", run_dir)
-    workers.broadcast_model(model)
-
-    with contextlib.ExitStack() as held:
-        if workers.is_root:
-            held.enter_context(checkpoint.hold(run_dir))  # until the run is finished or stops
+    identity = run_identity(config, manifest, workers.size)
+    run_dir, progress = _start(step, scheduler, identity, workers, resume, init_from)
+    # rank 0 holds the run folder until the run is finished or stops
+    with checkpoint.hold(run_dir) if workers.is_root else contextlib.nullcontext():
         validation = read_heldout(data_dir, "validation").shard(workers.rank, workers.size)
         if workers.is_root:
             log.info("training %d items, %d train users on %d rank(s): %d steps/epoch of %d users, "
                      "target set per %d users, exchange=%s, dtype=%s, %d thread(s)/rank", num_items, n_train,
                      workers.size, steps, t.batch_size, t.num_sampling_users or t.batch_size,
                      t.grad_exchange, dtype, torch.get_num_threads())
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-        log_q = union_log_q(data_dir, num_items, n_train, t, workers.size).to(device) if t.logq_correction else None
-        step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
-                    autocast, device, hidden_loss(t), log_q)
-
-        stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, start_epoch), depth=8)
-        stopped = False
+        stream = prefetch(_batches(data_dir, config, workers, num_items, n_train, progress.epoch + 1), depth=8)
         try:
-            for epoch in range(start_epoch, t.epochs + 1):
-                if _stops_early(history, best, t.patience, workers):
-                    stopped = True
-                    break
-                record = _train_epoch(step, stream, steps, epoch)
-                scheduler.step()
-                if epoch % t.eval_every == 0 or epoch == t.epochs:
-                    sums = metric_sums(model_scorer(model), validation, t.eval_batch_size, device)
-                    scores = means(workers.sum(sums))
-                    record.update({f"val_{k}": v for k, v in scores.items()})
-                    if scores["ndcg_at_100"] > best["ndcg_at_100"]:
-                        best = {"epoch": epoch, **scores}
-                        if workers.is_root:
-                            checkpoint.save(run_dir / checkpoint.BEST, {
-                                "model": model.state_dict(), "epoch": epoch, "num_items": num_items,
-                                "config": config.to_dict(), "validation": scores})
-                history.append(record)
-                if workers.is_root:
-                    checkpoint.save(run_dir / checkpoint.LAST, {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                        "history": history, "best": best, "identity": identity, "run_state": dict(run_state or {})})
-                    log.info("epoch %d/%d  loss %.4f  %s  %.0f users/s  %.1f s  |target| %.0f", epoch, t.epochs,
-                             record["train_loss"],
-                             "  ".join(f"{k} {record[k]:.4f}" for k in record if k.startswith("val_")),
-                             record["users_per_s"], record["epoch_s"], record["target_size"])
-                    if tracker is not None:
-                        tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, model, record)
+            _train_epochs(step, scheduler, stream, steps, validation, progress,
+                          _Checkpoints(run_dir, config, identity, run_state or {}), tracker, on_epoch_end)
         finally:
             stream.close()
-
-        best_state = checkpoint.load(run_dir / checkpoint.BEST) if workers.is_root else None
-        weights = workers.broadcast_object(best_state["model"] if best_state else None, "best_model")
-        if weights is not None:
-            model.load_state_dict(weights)
-        test_rows = read_heldout(data_dir, "test").shard(workers.rank, workers.size)
-        test = means(workers.sum(metric_sums(model_scorer(model), test_rows, t.eval_batch_size, device)))
-        trained = history[-1]["epoch"] if history else 0
-        if workers.is_root:
-            checkpoint.mark_finished(run_dir, {"epochs": trained, "best_epoch": int(best["epoch"]),
-                                               "stopped_early": stopped})
-        kept = TrainedModel(model.cpu(), config.model, ItemMap.of_dataset(data_dir)) if workers.is_root else None
-        return TrainResult(epochs=trained, steps_per_epoch=steps, best_epoch=int(best["epoch"]),
-                           best_validation={k: best[k] for k in METRICS if k in best}, test=test, history=history,
-                           best_checkpoint=run_dir / checkpoint.BEST, stopped_early=stopped, model=kept)
+        _restore_best(step.model, run_dir, workers)
+        test = _evaluate(step.model, read_heldout(data_dir, "test").shard(workers.rank, workers.size), t, workers,
+                         device)
+        return _finish(step.model, config, data_dir, run_dir, progress, steps, test, workers)

@@ -10,7 +10,7 @@ import torch
 from recoder_dist import checkpoint
 from recoder_dist.checkpoint import ResumeError
 from recoder_dist.config import load_config
-from recoder_dist.trainer import _identity
+from recoder_dist.trainer import run_identity
 
 MANIFEST = {"source": {"fingerprint": "f" * 64}, "created_at": "2026-12-01T00:00:00+00:00"}
 
@@ -88,7 +88,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
 
 
 def identity(*overrides: str, ranks: int = 2) -> dict:
-    return _identity(load_config(None, list(overrides)), MANIFEST, ranks)
+    return run_identity(load_config(None, list(overrides)), MANIFEST, ranks)
 
 
 @pytest.mark.parametrize("override", ["train.threads=3", "train.reader_pool=process", "train.reader_pool_size=5",
