@@ -237,23 +237,22 @@ def load_worker(work: Work, what: str) -> int:
 
     history = test_histories(work.data, 1)
     if what == "checkpoint":
-        import pyarrow.parquet as pq
         import yaml
 
         from recoder_dist import checkpoint
         from recoder_dist.config import load_config
         from recoder_dist.recommender import Recommender
-        from recoder_dist.trainer import build_model
+        from recoder_dist.trained import ItemMap, TrainedModel, build_network
 
         run = sorted(p for p in work.checkpoints.iterdir() if p.is_dir())[-1]
         state = checkpoint.load(run / checkpoint.BEST)
         saved = work.root / "checkpoint-config.yaml"
         saved.write_text(yaml.safe_dump(state["config"]))
-        model = build_model(int(state["num_items"]), load_config(saved))
+        settings = load_config(saved).model
+        model = build_network(int(state["num_items"]), settings)
         model.load_state_dict(state["model"])
-        items = pq.read_table(work.data / "items").to_pandas().sort_values("item_idx")
-        answer = Recommender(model, items["item_id"].astype(str).tolist(), items["count"].to_numpy()) \
-            .recommend(history, k=10).items[0]
+        trained = TrainedModel(model, settings, ItemMap.of_dataset(work.data))
+        answer = Recommender(trained).recommend(history, k=10).items[0]
     else:
         import mlflow
 
