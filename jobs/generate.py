@@ -11,16 +11,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.synthetic import generate, write  # noqa: E402
-from recoder_dist.config import ConfigError, load_config  # noqa: E402
+from recoder_dist.config import ConfigError, load_config, parse_command_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python jobs/generate.py", description=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--output", required=True, help="a .csv, .tsv or .parquet file")
-    parser.add_argument("--config", help="YAML config (default: conf/default.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="e.g. synthetic.num_users=138000 synthetic.num_items=27000")
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, sys.argv[1:] if argv is None else argv,
+                              overrides_help="e.g. synthetic.num_users=138000 synthetic.num_items=27000")
     try:
         config = load_config(args.config, args.overrides).synthetic
         frame = generate(config)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # spark-submit 
 from pipeline.manifest import DatasetError  # noqa: E402
 from pipeline.sources import FORMATS, InputError  # noqa: E402
 from pipeline.spark import start_job_logging  # noqa: E402
-from recoder_dist.config import ConfigError, load_config  # noqa: E402
+from recoder_dist.config import ConfigError, load_config, parse_command_line  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -30,11 +30,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="directory to create (a local or shared path)")
     parser.add_argument("--format", default="auto", choices=FORMATS,
                         help="input format; auto infers it from names and extensions (default)")
-    parser.add_argument("--config", help="YAML config (default: conf/default.yaml)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="config overrides, e.g. prepare.rating_threshold=3.5")
-    return parser.parse_args(argv)
+    return parse_command_line(parser, argv, overrides_help="config overrides, e.g. prepare.rating_threshold=3.5")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # spark-submit 
 from pipeline.manifest import DatasetError  # noqa: E402
 from pipeline.sources import FORMATS, InputError  # noqa: E402
 from pipeline.spark import start_job_logging  # noqa: E402
-from recoder_dist.config import ConfigError, load_config  # noqa: E402
+from recoder_dist.config import ConfigError, load_config, parse_command_line  # noqa: E402
 from recoder_dist.mlflow_uri import resolve_tracking_uri  # noqa: E402
 
 
@@ -37,10 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=100, help="recommendations per user (default 100)")
     parser.add_argument("--output", required=True, help="directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of this job")
-    parser.add_argument("--config", help="YAML config (column names of --histories, MLflow store)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the config's)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    return parser.parse_args(argv)
+    return parse_command_line(parser, argv, config_help="YAML config (column names of --histories, MLflow store)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         if args.k < 1:
             raise ValueError(f"--k must be >= 1 (recommendations per user), got {args.k}")
-        tracking_uri = resolve_tracking_uri(args.tracking_uri, os.environ, config.mlflow.tracking_uri)
+        tracking_uri = resolve_tracking_uri(args.tracking_uri, os.environ, config.mlflow.tracking_uri, args.overrides)
         from pipeline import recommend
         from pipeline.output import check_output
         inputs = [args.data or args.histories]

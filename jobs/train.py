@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # spark-submit 
 
 from pipeline.manifest import DatasetError, read_manifest  # noqa: E402
 from pipeline.spark import start_job_logging  # noqa: E402
-from recoder_dist.config import ConfigError, load_config  # noqa: E402
+from recoder_dist.config import ConfigError, load_config, parse_command_line  # noqa: E402
 
 
 def _positive(text: str) -> int:
@@ -34,14 +34,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                "--num-processes 8 --config conf/ml-20m.yaml", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="prepared dataset directory, visible to every rank")
     parser.add_argument("--num-processes", type=_positive, required=True, help="training ranks")
-    parser.add_argument("--config", help="YAML config (default: conf/default.yaml)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest unfinished run in train.checkpoint_dir (and its MLflow run); "
                              "without one, start afresh")
     parser.add_argument("--resume-from", metavar="RUN",
                         help="continue this unfinished run: its folder under train.checkpoint_dir, or its last.pt")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    return parser.parse_args(argv)
+    return parse_command_line(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ come back as :class:`ConfigError` naming the file (or the command line), the key
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -118,6 +119,18 @@ def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = 
         raise ConfigError(_explain(error)) from None
     validate(config)
     return config
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str],
+                       config_help: str = "YAML config (default: conf/default.yaml)",
+                       overrides_help: str = "config overrides, e.g. train.lr=0.01") -> argparse.Namespace:
+    """Add ``--config FILE`` and the ``section.key=value`` overrides to an entry point's ``parser``
+    and parse ``argv``: options and overrides may come in any order (``--data D a.b=1 --config C
+    c.d=2``); the overrides apply over the file wherever they stand. ``args.config`` and
+    ``args.overrides`` are :func:`load_config`'s arguments."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help=overrides_help)
+    return parser.parse_intermixed_args(argv)
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict:

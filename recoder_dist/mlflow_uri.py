@@ -11,7 +11,7 @@ Torch- and MLflow-free: the Spark jobs, the trainer and the registry CLI all use
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 ENV = "MLFLOW_TRACKING_URI"
@@ -19,8 +19,13 @@ HIDDEN = "***"
 _SECRET_KEYS = re.compile(r"pass|pwd|secret|token|key|credential|signature", re.IGNORECASE)
 
 
-def resolve_tracking_uri(argument: Optional[str], environ: Mapping[str, str], configured: str) -> str:
-    """The store to use: ``argument`` > ``environ['MLFLOW_TRACKING_URI']`` > ``configured``."""
+def resolve_tracking_uri(argument: Optional[str], environ: Mapping[str, str], configured: str,
+                         overrides: Sequence[str] = ()) -> str:
+    """The store to use: ``argument`` > ``environ['MLFLOW_TRACKING_URI']`` > ``configured``, where a
+    command-line ``mlflow.tracking_uri=`` override among ``overrides`` (which ``configured``
+    already holds) counts as the argument."""
+    if not argument and any(pair.partition("=")[0].strip() == "mlflow.tracking_uri" for pair in overrides):
+        argument = configured
     return argument or environ.get(ENV) or configured
 
 

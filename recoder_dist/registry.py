@@ -142,9 +142,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recoder_dist.registry", description=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else the config's mlflow.tracking_uri)")
-    parser.add_argument("--config", help="YAML config whose mlflow.tracking_uri is the default store "
-                                         "(default: conf/default.yaml)")
-    parser.add_argument("--name", default="recoder", help="registered model name (default recoder)")
+    parser.add_argument("--config", help="YAML config whose mlflow.tracking_uri and mlflow.registered_model are "
+                                         "the default store and name (default: conf/default.yaml)")
+    parser.add_argument("--name", help="registered model name (default: the config's mlflow.registered_model)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="versions with aliases and metrics")
     promote = commands.add_parser("promote", help="point an alias at a version")
@@ -160,30 +160,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        configured = load_config(args.config).mlflow.tracking_uri
+        configured = load_config(args.config).mlflow
     except ConfigError as error:
         print(f"registry: error: {error}", file=sys.stderr)
         return 2
-    tracking_uri = resolve_tracking_uri(args.tracking_uri, os.environ, configured)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, os.environ, configured.tracking_uri)
+    name = args.name or configured.registered_model
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         if args.command == "list":
-            require_model(client, args.name)
-            output = versions(client, args.name)
+            require_model(client, name)
+            output = versions(client, name)
         elif args.command == "promote":
-            resolve(client, args.name, args.version)
-            client.set_registered_model_alias(args.name, args.alias, args.version)
-            output = {"name": args.name, "alias": args.alias, "version": int(args.version)}
+            resolve(client, name, args.version)
+            client.set_registered_model_alias(name, args.alias, args.version)
+            output = {"name": name, "alias": args.alias, "version": int(args.version)}
         elif args.command == "demote":
-            resolve(client, args.name, args.alias)
-            client.delete_registered_model_alias(args.name, args.alias)
-            output = {"name": args.name, "removed_alias": args.alias}
+            resolve(client, name, args.alias)
+            client.delete_registered_model_alias(name, args.alias)
+            output = {"name": name, "removed_alias": args.alias}
         elif args.command == "relog":
             from recoder_dist.mlflow_model import relog_pickled
-            resolve(client, args.name, args.version)
-            output = relog_pickled(tracking_uri, args.name, args.version)
+            resolve(client, name, args.version)
+            output = relog_pickled(tracking_uri, name, args.version)
         else:
-            output = lineage(client, args.name, args.ref)
+            output = lineage(client, name, args.ref)
     except (LookupError, MlflowException, ValueError) as error:
         message = error.message if isinstance(error, MlflowException) else str(error)
         print(f"registry: error: {message}", file=sys.stderr)

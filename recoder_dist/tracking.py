@@ -142,8 +142,10 @@ def _resumable_status(tracking_uri: str, run_id: str) -> str:
 
 
 def run_params(config: Config) -> dict[str, str]:
-    """The resolved config as MLflow params (``section.key``), credentials masked."""
-    return {k: _param(v) for k, v in shown(config).flat().items()}
+    """The resolved config as MLflow params (``section.key``), credentials masked; not the
+    ``synthetic`` generator's settings: they made an input file (``data.fingerprint`` names it),
+    not the run, and the train command's copy need not be the one that made it."""
+    return {k: _param(v) for k, v in shown(config).flat().items() if not k.startswith("synthetic.")}
 
 
 def shown(config: Config) -> Config:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline.manifest import DatasetError, read_manifest
 from recoder_dist import checkpoint
-from recoder_dist.config import ConfigError, load_config
+from recoder_dist.config import ConfigError, load_config, parse_command_line
 from recoder_dist.mlflow_uri import resolve_tracking_uri
 
 
@@ -41,7 +41,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                "          torchrun --nproc-per-node 2 -m recoder_dist.train --data data/default train.epochs=5",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="prepared dataset directory (jobs/prepare.py output)")
-    parser.add_argument("--config", help="YAML config (default: conf/default.yaml)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest unfinished run in train.checkpoint_dir (and its MLflow run); "
                              "without one, start afresh")
@@ -50,8 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--init-from", metavar="RUN", type=Path,
                         help="start a new run from the final weights of run RUN (e.g. a finished one: train it "
                              "longer); the optimizer and the lr schedule start afresh")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    return parser.parse_args(argv)
+    return parse_command_line(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +100,7 @@ def _train(args: argparse.Namespace, workers) -> tuple[int, dict | None]:
         return 2, None
     try:
         config = load_config(args.config, args.overrides)
-        explicit = any(o.startswith("mlflow.tracking_uri=") for o in args.overrides)  # the command line wins
-        config.mlflow.tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri if explicit else None,
-                                                          os.environ, config.mlflow.tracking_uri)
+        config.mlflow.tracking_uri = resolve_tracking_uri(None, os.environ, config.mlflow.tracking_uri, args.overrides)
         if workers.is_root and resume:  # rank 0 alone reads checkpoints; fit sends the others what they need
             resume = checkpoint.resume_target(Path(config.train.checkpoint_dir), args.resume_from) or False
         if workers.is_root and config.mlflow.enabled:

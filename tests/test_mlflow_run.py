@@ -52,8 +52,12 @@ def test_training_creates_one_finished_run_with_params(model):
 
     params = run.data.params
     config = load_config(None, [*MLFLOW_TRAIN, "train.batch_size=50", *mlflow_store(model.folder)[1]])
-    for key, value in config.flat().items():  # the full resolved config
-        assert params[key] == (json.dumps(value) if isinstance(value, list) else str(value)), key
+    for key, value in config.flat().items():  # the full resolved config but the generator's settings
+        if key.startswith("synthetic."):
+            assert key not in params
+        else:
+            assert params[key] == (json.dumps(value) if isinstance(value, list) else str(value)), key
+    assert not [key for key in params if key.startswith("synthetic.")]
     assert params["model.hidden_sizes"] == "[64]" and params["train.epochs"] == "2"
     manifest = read_manifest(model.data_dir)
     assert params["data.path"] == str(Path(model.data_dir).resolve())

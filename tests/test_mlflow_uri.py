@@ -41,6 +41,27 @@ def test_one_rule_argument_then_environment_then_config():
     assert resolve_tracking_uri("", {"MLFLOW_TRACKING_URI": ""}, "sqlite:///conf.db") == "sqlite:///conf.db"
 
 
+def test_a_command_line_override_of_the_store_counts_as_the_argument():
+    env = {"MLFLOW_TRACKING_URI": "sqlite:///env.db"}
+    overridden = load_config(None, ["train.epochs=2", "mlflow.tracking_uri=sqlite:///override.db"])
+    assert resolve_tracking_uri(None, env, overridden.mlflow.tracking_uri,
+                                ["train.epochs=2", "mlflow.tracking_uri=sqlite:///override.db"]) == "sqlite:///override.db"
+    assert resolve_tracking_uri("sqlite:///arg.db", env, overridden.mlflow.tracking_uri,
+                                ["mlflow.tracking_uri=sqlite:///override.db"]) == "sqlite:///arg.db"
+    # another key's override, or the store named only in a file, leaves the environment in charge
+    assert resolve_tracking_uri(None, env, "sqlite:///conf.db", ["mlflow.experiment=x"]) == "sqlite:///env.db"
+
+
+def test_run_params_are_the_config_without_the_synthetic_generator():
+    from recoder_dist.tracking import run_params
+
+    config = load_config(None, ["synthetic.num_users=77", "train.epochs=3"])
+    params = run_params(config)
+    assert not [k for k in params if k.startswith("synthetic.")]
+    assert set(params) == {k for k in config.flat() if not k.startswith("synthetic.")}
+    assert params["train.epochs"] == "3" and params["model.hidden_sizes"] == "[200]"
+
+
 def test_run_params_and_the_config_artifact_mask_the_store_password():
     from recoder_dist.tracking import run_params, shown
 

@@ -223,6 +223,29 @@ def test_cli_reads_the_store_from_the_config_and_the_environment_wins(store, nam
     assert code == 2 and f"no registered model named {name!r}" in err
 
 
+def test_cli_takes_the_model_name_from_the_config_unless_given(store, name, tmp_path, monkeypatch):
+    from recoder_dist.config import CONF_DIR
+
+    register(store, name, 0.30)
+    register(store, "another-" + name, 0.30)
+    register(store, "another-" + name, 0.40)
+    config = tmp_path / "named.yaml"
+    config.write_text(f"base: {CONF_DIR / 'default.yaml'}\nmlflow:\n  tracking_uri: {store[0]}\n"
+                      f"  registered_model: {name}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def versions_listed(*args: str) -> list[int]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = registry.main(["--config", str(config), *args, "list"])
+        assert code == 0, err.getvalue()
+        return [row["version"] for row in json.loads(out.getvalue())]
+
+    assert versions_listed() == [1]  # mlflow.registered_model of the config
+    assert versions_listed("--name", "another-" + name) == [1, 2]  # --name wins
+
+
 def test_lineage_masks_store_passwords_even_of_runs_logged_unmasked(store, name):
     _, client, experiment = store
     secret = "hunter2-pw"
