@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+DUPLICATES = ("sum", "max", "last")  # prepare.duplicates: how pipeline.transform.merge_duplicates merges a pair
+
 
 @dataclass
 class SyntheticConfig:
@@ -38,7 +40,7 @@ class PrepareConfig:
     csv_header: bool = True
     rating_threshold: Optional[float] = None  # keep value > threshold (Liang et al.: 3.5)
     binarize: bool = False  # replace kept values by 1.0
-    duplicates: str = "sum"  # how repeated (user, item) pairs merge: sum | max | last
+    duplicates: str = "sum"  # how repeated (user, item) pairs merge: one of DUPLICATES
     min_user_interactions: int = 1
     min_item_interactions: int = 1
     max_filter_rounds: int = 50

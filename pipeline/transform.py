@@ -14,6 +14,8 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipeline.config import DUPLICATES
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -30,7 +32,7 @@ def merge_duplicates(rows: DataFrame, how: str, keys: Sequence[str] = ("user_id"
     elif how == "last":
         value = F.max_by("value", F.coalesce(F.col("timestamp"), F.lit(float("-inf"))))
     else:
-        raise ValueError(f"unknown duplicates policy {how!r} (sum, max, last)")
+        raise ValueError(f"unknown duplicates policy {how!r} ({', '.join(DUPLICATES)})")
     return rows.groupBy(*keys).agg(value.alias("value"), F.count(F.lit(1)).alias("rows"))
 
 

@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
-from pipeline.config import PrepareConfig, SyntheticConfig
+from pipeline.config import DUPLICATES, PrepareConfig, SyntheticConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -33,7 +33,7 @@ class ModelConfig:
     """The autoencoder (Recoder's options)."""
 
     hidden_sizes: List[int] = field(default_factory=lambda: [200])
-    activation: str = "tanh"
+    activation: str = "tanh"  # a key of recoder_dist.models.ACTIVATIONS
     tied: bool = False
     input_dropout: float = 0.5
     bottleneck_dropout: float = 0.0
@@ -44,7 +44,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, sampling, distribution and evaluation of ``recoder_dist.train``."""
 
-    loss: str = "multinomial"  # multinomial | mse | logistic
+    loss: str = "multinomial"  # a key of recoder_dist.losses.LOSSES
     confidence: float = 3.0  # weighted MSE: w = 1 + confidence * [x > 0]
     mse_form: str = "gramian"  # mse only: gramian (no logits, O((B + |T|)·h²)) | dense (B × |T| logits)
     batch_size: int = 500
@@ -65,7 +65,7 @@ class TrainConfig:
     logq_correction: bool = False  # batch union: subtract log P(item in the union) from its logits (losses.union_log_inclusion)
     kl_max: float = 0.2  # model.variational: the KL term's final weight (Liang et al.'s anneal cap)
     kl_anneal_steps: int = 2000  # model.variational: steps of linear growth of the KL weight from 0 to kl_max
-    grad_exchange: str = "dense"  # dense | sparse | sync_union
+    grad_exchange: str = "dense"  # one of recoder_dist.distributed.EXCHANGES
     dtype: str = "float32"  # float32 | bfloat16 (autocast; float32 where bf16 is emulated, recoder_dist.precision)
     force_dtype: bool = False  # keep train.dtype=bfloat16 even where the device only emulates it
     eval_every: int = 1
@@ -233,10 +233,23 @@ def _fields(schema: type) -> list[str]:
 
 
 def validate(config: Config) -> None:
-    """Cross-field checks with messages that say how to fix the value."""
+    """Cross-field checks with messages that say how to fix the value. The names a setting may take
+    are read from the modules that implement them (which import torch: here, not at import)."""
+    from recoder_dist.distributed import EXCHANGES
+    from recoder_dist.losses import LOSSES, MSE_FORMS
+    from recoder_dist.models import ACTIVATIONS
+    from recoder_dist.optim import ITEM_OPTIMIZERS
+    from recoder_dist.precision import DTYPES
+    from recoder_dist.schedule import SCHEDULES
+
     p, t = config.prepare, config.train
     checks = [
-        (p.duplicates in {"sum", "max", "last"}, "prepare.duplicates must be sum, max or last"),
+        *[(value in names, f"{key} must be {_one_of(names)}, got {value!r}") for key, value, names in (
+            ("prepare.duplicates", p.duplicates, DUPLICATES), ("train.loss", t.loss, tuple(LOSSES)),
+            ("train.mse_form", t.mse_form, MSE_FORMS), ("train.grad_exchange", t.grad_exchange, EXCHANGES),
+            ("train.dtype", t.dtype, DTYPES), ("train.item_optimizer", t.item_optimizer, ITEM_OPTIMIZERS),
+            ("train.lr_schedule", t.lr_schedule, SCHEDULES),
+            ("model.activation", config.model.activation, tuple(ACTIVATIONS)))],
         (0 < p.heldout_fraction < 1, "prepare.heldout_fraction must be in (0, 1)"),
         *[(0 < value < 1 or (value >= 1 and value == int(value)),
            f"prepare.{name} must be a fraction in (0, 1) or a whole number of users >= 1, got {value:g}")
@@ -245,15 +258,8 @@ def validate(config: Config) -> None:
         (p.max_ranks >= 1 and p.row_groups_per_rank >= 1, "prepare.max_ranks and row_groups_per_rank must be >= 1"),
         (1 <= p.min_rows_per_group <= p.max_rows_per_group,
          "prepare.min_rows_per_group must be >= 1 and <= prepare.max_rows_per_group"),
-        (t.loss in {"multinomial", "mse", "logistic"}, "train.loss must be multinomial, mse or logistic"),
-        (t.mse_form in {"gramian", "dense"}, "train.mse_form must be gramian or dense"),
-        (t.grad_exchange in {"dense", "sparse", "sync_union"}, "train.grad_exchange must be dense, sparse or sync_union"),
-        (t.dtype in {"float32", "bfloat16"}, "train.dtype must be float32 or bfloat16"),
-        (t.item_optimizer in {"adam", "lazy_adam", "rowwise_adagrad"},
-         "train.item_optimizer must be adam, lazy_adam or rowwise_adagrad"),
         (t.item_lr >= 0, "train.item_lr must be >= 0 (0: train.lr)"),
         (t.batch_size >= 1 and t.epochs >= 1, "train.batch_size and train.epochs must be >= 1"),
-        (t.lr_schedule in {"step", "warmup_cosine"}, "train.lr_schedule must be step or warmup_cosine"),
         (t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
         (0.0 <= t.lr_floor <= 1.0, "train.lr_floor must be in [0, 1] (a fraction of train.lr)"),
         (t.patience >= 0, "train.patience must be >= 0 (0: no early stopping)"),
@@ -262,8 +268,6 @@ def validate(config: Config) -> None:
         (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
         (t.num_sampling_users <= 0 or t.num_sampling_users % t.batch_size == 0,
          "train.num_sampling_users must be a multiple of train.batch_size (or 0: one batch per group)"),
-        (config.model.activation in {"tanh", "relu", "sigmoid", "identity", "elu"},
-         "model.activation must be tanh, relu, sigmoid, identity or elu"),
         (len(config.model.hidden_sizes) >= 1 and all(h > 0 for h in config.model.hidden_sizes),
          f"model.hidden_sizes must be a non-empty list of positive sizes, got {config.model.hidden_sizes}"),
         (not config.model.variational or len(config.model.hidden_sizes) >= 2,
@@ -276,6 +280,10 @@ def validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _one_of(names: Sequence[str]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
 
 
 def dumps(config: Config) -> str:

@@ -251,6 +251,7 @@ LOSSES: dict[str, LossFn] = {
     "mse": weighted_mse,
     "logistic": logistic,
 }
+MSE_FORMS = ("gramian", "dense")  # train.mse_form: get_hidden_loss's Gramian form, or the logits'
 
 
 def get_loss(name: str, confidence: float = 0.0) -> LossFn:

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+DTYPES = ("float32", "bfloat16")  # train.dtype
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

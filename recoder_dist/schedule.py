@@ -12,6 +12,8 @@ import torch
 
 from recoder_dist.config import TrainConfig
 
+SCHEDULES = ("step", "warmup_cosine")  # train.lr_schedule
+
 def lr_factor(t: TrainConfig, epoch: int) -> float:
     """The multiple of ``train.lr`` used during the 0-based ``epoch`` of ``t.epochs``.
 
@@ -27,7 +29,7 @@ def lr_factor(t: TrainConfig, epoch: int) -> float:
         decay = max(1, t.epochs - t.warmup_epochs)
         progress = min(1.0, (epoch - t.warmup_epochs) / decay)
         return t.lr_floor + (1.0 - t.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"train.lr_schedule must be step or warmup_cosine, got {t.lr_schedule!r}")
+    raise ValueError(f"train.lr_schedule must be one of {', '.join(SCHEDULES)}, got {t.lr_schedule!r}")
 
 
 def kl_weight(t: TrainConfig, step: int) -> float:

@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 
 from recoder_dist.config import CONF_DIR, Config, ConfigError, dumps, load_config, parse_overrides
@@ -107,6 +109,27 @@ def test_parse_overrides_nests_sections():
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=_literal(message)):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("key, module, names", [
+    ("train.loss", "recoder_dist.losses", "LOSSES"),
+    ("train.mse_form", "recoder_dist.losses", "MSE_FORMS"),
+    ("train.grad_exchange", "recoder_dist.distributed", "EXCHANGES"),
+    ("train.dtype", "recoder_dist.precision", "DTYPES"),
+    ("train.item_optimizer", "recoder_dist.optim", "ITEM_OPTIMIZERS"),
+    ("train.lr_schedule", "recoder_dist.schedule", "SCHEDULES"),
+    ("model.activation", "recoder_dist.models", "ACTIVATIONS"),
+    ("prepare.duplicates", "pipeline.config", "DUPLICATES"),
+])
+def test_names_come_from_the_implementing_module(key, module, names):
+    names = list(getattr(importlib.import_module(module), names))
+    assert len(names) >= 2
+    section, field = key.split(".")
+    for name in names:  # every implemented name is accepted ...
+        assert getattr(getattr(load_config(None, [f"{key}={name}"]), section), field) == name
+    with pytest.raises(ConfigError) as error:  # ... and a wrong one is refused, listing them all
+        load_config(None, [f"{key}=nosuch"])
+    assert str(error.value) == f"{key} must be {', '.join(names[:-1])} or {names[-1]}, got 'nosuch'"
 
 
 def test_unknown_key_in_a_file_names_file_and_key(tmp_path):
