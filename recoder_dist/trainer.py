@@ -417,10 +417,14 @@ def _train_epochs(step: Step, scheduler: LambdaLR, stream: Iterator[Batch], step
 def _restore_best(model: RecoderAutoencoder, run_dir: Path, workers: Workers) -> None:
     """Load the best validation's weights (rank 0 reads ``best.pt``, every rank gets them); the model
     keeps its last weights when no epoch was evaluated."""
+    # rank 0 loads them into its model, which is then broadcast in place: pickling the state dict
+    # through broadcast_object costs several copies of the item tables (and Horovod's int32 size
+    # limits it to 2 GB), which a million-item catalogue cannot afford (benchmarks/README.md)
     best_state = checkpoint.load(run_dir / checkpoint.BEST) if workers.is_root else None
-    weights = workers.broadcast_object(best_state["model"] if best_state else None, "best_model")
-    if weights is not None:
-        model.load_state_dict(weights)
+    if best_state is not None:
+        model.load_state_dict(best_state["model"])
+    if workers.broadcast_object(best_state is not None, "best_model"):
+        workers.broadcast_model(model)
 
 
 def _finish(model: RecoderAutoencoder, config: Config, data_dir: str, run_dir: Path, progress: Progress, steps: int,
