@@ -36,7 +36,8 @@ def generate(config: SyntheticConfig, chunk_users: int = 2048) -> pd.DataFrame:
     if config.num_users < 1 or config.num_items < 2:
         raise ValueError("synthetic data needs at least 1 user and 2 items")
     if config.candidate_items < 0 or config.candidate_items == 1:
-        raise ValueError(f"synthetic.candidate_items must be 0 (score every item) or >= 2, got {config.candidate_items}")
+        raise ValueError(f"synthetic.candidate_items must be 0 (score every item) or >= 2, "
+                         f"got {config.candidate_items}")
     rng = np.random.default_rng(config.seed)
     f = config.num_factors
     users = rng.standard_normal((config.num_users, f)).astype(np.float32)
