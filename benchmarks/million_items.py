@@ -253,7 +253,7 @@ def load_worker(work: Work, what: str) -> int:
         run = sorted(p for p in work.checkpoints.iterdir() if p.is_dir())[-1]
         state = checkpoint.load(run / checkpoint.BEST)
         saved = work.root / "checkpoint-config.yaml"
-        saved.write_text(yaml.safe_dump(state["config"]))
+        saved.write_text(yaml.safe_dump({"model": state["config"]["model"]}))  # other sections' keys may change
         settings = load_config(saved).model
         model = build_network(int(state["num_items"]), settings)
         model.load_state_dict(state["model"])
