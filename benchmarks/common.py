@@ -96,21 +96,14 @@ def one_process_step(config: Config, num_items: int):
 
     from recoder_dist.allocator import reuse_freed_memory
     from recoder_dist.distributed import Workers
-    from recoder_dist.losses import get_loss
-    from recoder_dist.optim import build_optimizer
     from recoder_dist.precision import training_dtype
-    from recoder_dist.trainer import Step, build_model, hidden_loss
+    from recoder_dist.trainer import build_step
 
-    t, device = config.train, torch.device("cpu")
+    device = torch.device("cpu")
     reuse_freed_memory()
-    dtype, _ = training_dtype(t.dtype, t.force_dtype, device)
+    dtype, _ = training_dtype(config.train.dtype, config.train.force_dtype, device)
     torch.manual_seed(0)
-    model = build_model(num_items, config)
-    optimizer = build_optimizer(model, t.item_optimizer, t.lr, t.weight_decay, t.item_lr or None)
-    return Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config,
-                Workers(rank=0, size=1, local_rank=0, local_size=1),
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"), device,
-                hidden_loss(t))
+    return build_step(config, num_items, Workers(rank=0, size=1, local_rank=0, local_size=1), device, dtype)
 
 
 # --- data ------------------------------------------------------------------------------------

@@ -8,10 +8,9 @@ import torch
 
 from recoder_dist.csr import entry_rows
 from recoder_dist.feed import HeldoutRows
-from recoder_dist.metrics import ITEM_CHUNK, ItemScores, evaluate_batch, popularity_scores
+from recoder_dist.metrics import ITEM_CHUNK, METRICS, ItemScores, evaluate_batch, popularity_scores
 from recoder_dist.models import RecoderAutoencoder
 
-METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100")
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Union[torch.Tensor, ItemScores]]
 
 

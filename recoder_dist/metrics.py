@@ -20,6 +20,9 @@ def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100")  # reported for every held-out split
+SELECTION_METRIC = "ndcg_at_100"  # on validation: picks the best epoch, stops early, ranks registered versions
+
 ITEM_CHUNK = 8192  # items scored at once: a block of B × ITEM_CHUNK scores (and its sort keys) at a time
 
 

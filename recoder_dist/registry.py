@@ -19,12 +19,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from recoder_dist.config import ConfigError, load_config
+from recoder_dist.metrics import SELECTION_METRIC
 from recoder_dist.mlflow_uri import mask_values, resolve_tracking_uri
 
 log = logging.getLogger("recoder.registry")
 
 CANDIDATE, CHAMPION = "candidate", "champion"
-SCORE_TAG = "val_ndcg_at_100"
+SCORE_TAG = f"val_{SELECTION_METRIC}"  # the tag every version is ranked by
 DATASET_TAG = "dataset"
 
 
@@ -63,8 +64,8 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str, val_n
         client.set_registered_model_alias(name, CHAMPION, version.version)
     (log.info if promoted or champion_dataset == dataset else log.warning)("%s", decision)
     return {"name": name, "version": int(version.version), "promoted": promoted, "dataset": dataset,
-            "val_ndcg_at_100": val_ndcg, "previous_champion": None if champion is None else int(champion.version),
-            "previous_champion_val_ndcg_at_100": champion_score, "previous_champion_dataset": champion_dataset,
+            SCORE_TAG: val_ndcg, "previous_champion": None if champion is None else int(champion.version),
+            f"previous_champion_{SCORE_TAG}": champion_score, "previous_champion_dataset": champion_dataset,
             "decision": decision}
 
 

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from recoder_dist.config import TrainConfig
+from recoder_dist.metrics import SELECTION_METRIC
 
 SCHEDULES = ("step", "warmup_cosine")  # train.lr_schedule
 
@@ -47,8 +48,9 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig) -> torch.opti
 
 
 def evaluations_since_best(history: Sequence[dict], best_epoch: int) -> int:
-    """Validation evaluations in ``history`` (records holding ``val_ndcg_at_100``) after ``best_epoch``."""
-    return sum(1 for record in history if "val_ndcg_at_100" in record and record["epoch"] > best_epoch)
+    """Validation evaluations in ``history`` (records holding the validation selection metric) after
+    ``best_epoch``."""
+    return sum(1 for record in history if f"val_{SELECTION_METRIC}" in record and record["epoch"] > best_epoch)
 
 
 def should_stop(history: Sequence[dict], best_epoch: int, patience: int) -> bool:

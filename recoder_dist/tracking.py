@@ -21,14 +21,14 @@ from mlflow.tracking import MlflowClient
 from pipeline.manifest import dataset_id
 from recoder_dist.checkpoint import CONTINUE_FINISHED, ResumeError
 from recoder_dist.config import Config, MlflowConfig, dumps
+from recoder_dist.metrics import METRICS, SELECTION_METRIC
 from recoder_dist.mlflow_uri import mask
 from recoder_dist import mlflow_model, registry
 
 if TYPE_CHECKING:  # the trainer (and with it Horovod) is not imported to record a run
     from recoder_dist.trainer import TrainResult
 
-METRIC_NAMES = {"train_loss", "val_recall_at_20", "val_recall_at_50", "val_ndcg_at_100", "users_per_s",
-                "epoch_s", "target_size"}
+METRIC_NAMES = {"train_loss", "users_per_s", "epoch_s", "target_size", *(f"val_{name}" for name in METRICS)}
 
 
 def configure(config: MlflowConfig) -> str:
@@ -109,7 +109,7 @@ class MlflowTracker:
             for name in ("config.yaml", "manifest.json", "test_metrics.json", "training_curves.png"):
                 mlflow.log_artifact(str(out / name))
         info = mlflow_model.log_model(result.model)
-        val_ndcg = result.best_validation.get("ndcg_at_100", float("nan"))
+        val_ndcg = result.best_validation.get(SELECTION_METRIC, float("nan"))
         registration = registry.register(MlflowClient(), self.config.mlflow.registered_model, info.model_uri,
                                          self.run_id, val_ndcg, dataset_id(self.manifest), model_id=info.model_id)
         mlflow.set_tags({"registered_model": registration["name"], "registered_version": registration["version"],

@@ -27,6 +27,7 @@ from recoder_dist.distributed import Workers
 from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
 from recoder_dist.feed import HeldoutRows, prefetch, read_heldout, train_rows
 from recoder_dist.losses import HiddenLossFn, LossFn, get_hidden_loss, get_loss, union_log_inclusion
+from recoder_dist.metrics import SELECTION_METRIC
 from recoder_dist.models import RecoderAutoencoder
 from recoder_dist.optim import ROW_RULES, build_optimizer
 from recoder_dist.precision import training_dtype
@@ -250,7 +251,7 @@ def _stops_early(history: list[dict], best: dict, patience: int, workers: Worker
     stop = bool(workers.broadcast_object(stop, "early_stop")) if patience > 0 else False
     if stop and workers.is_root:
         log.info("early stopping: validation NDCG@100 has not improved for %d evaluations since epoch %d (%.4f)",
-                 evaluations_since_best(history, int(best["epoch"])), best["epoch"], best["ndcg_at_100"])
+                 evaluations_since_best(history, int(best["epoch"])), best["epoch"], best[SELECTION_METRIC])
     return stop
 
 
@@ -282,17 +283,16 @@ def _set_up_process(t: TrainConfig, workers: Workers) -> tuple[torch.device, str
     return device, dtype
 
 
-def _build_step(config: Config, data_dir: str, num_items: int, n_train: int, workers: Workers, device: torch.device,
-                dtype: str) -> tuple[Step, LambdaLR]:
-    """A fresh model, its optimizer and loss as one :class:`Step`, and the learning-rate schedule."""
+def build_step(config: Config, num_items: int, workers: Workers, device: torch.device, dtype: str,
+               log_q: Optional[torch.Tensor] = None) -> Step:
+    """A fresh model, its optimizer and loss as one :class:`Step` (``log_q``: the union's
+    inclusion log-probabilities, with ``train.logq_correction``); benchmarks build theirs here too."""
     t = config.train
     model = build_model(num_items, config).to(device)
     optimizer = build_optimizer(model, t.item_optimizer, t.lr, t.weight_decay, t.item_lr or None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-    log_q = union_log_q(data_dir, num_items, n_train, t, workers.size).to(device) if t.logq_correction else None
-    step = Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
-                autocast, device, hidden_loss(t), log_q)
-    return step, lr_scheduler(optimizer, t)
+    return Step(model, optimizer, get_loss(t.loss, t.confidence), model.item_parameter_names(), config, workers,
+                autocast, device, hidden_loss(t), None if log_q is None else log_q.to(device))
 
 
 @dataclass
@@ -302,7 +302,7 @@ class Progress:
 
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
-    best: dict = field(default_factory=lambda: {"epoch": 0, "ndcg_at_100": -1.0})
+    best: dict = field(default_factory=lambda: {"epoch": 0, SELECTION_METRIC: -1.0})
     stopped_early: bool = False
 
 
@@ -399,7 +399,7 @@ def _train_epochs(step: Step, scheduler: LambdaLR, stream: Iterator[Batch], step
         if epoch % t.eval_every == 0 or epoch == t.epochs:
             scores = _evaluate(step.model, validation, t, workers, step.device)
             record.update({f"val_{k}": v for k, v in scores.items()})
-            if scores["ndcg_at_100"] > progress.best["ndcg_at_100"]:
+            if scores[SELECTION_METRIC] > progress.best[SELECTION_METRIC]:
                 progress.best = {"epoch": epoch, **scores}
                 if workers.is_root:
                     checkpoints.save_best(step.model, epoch, scores)
@@ -470,7 +470,9 @@ def fit(config: Config, data_dir: str, workers: Workers, resume: Union[bool, str
     manifest = _check_dataset(data_dir, workers)
     num_items, n_train = int(manifest["num_items"]), int(manifest["num_users"]["train"])
     device, dtype = _set_up_process(t, workers)
-    step, scheduler = _build_step(config, data_dir, num_items, n_train, workers, device, dtype)
+    log_q = union_log_q(data_dir, num_items, n_train, t, workers.size) if t.logq_correction else None
+    step = build_step(config, num_items, workers, device, dtype, log_q)
+    scheduler = lr_scheduler(step.optimizer, t)
     steps = steps_per_epoch(n_train, t.batch_size, workers.size)
     identity = run_identity(config, manifest, workers.size)
     run_dir, progress = _start(step, scheduler, identity, workers, resume, init_from)
