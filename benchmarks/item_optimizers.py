@@ -34,12 +34,12 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import PrepareConfig, SyntheticConfig  # noqa: E402
+from benchmarks.common import ML20M  # noqa: E402
+from pipeline.config import PrepareConfig  # noqa: E402
 from recoder_dist.config import load_config  # noqa: E402
 
 DATA = ROOT / "data" / "bench"
-# the ML-20M-sized synthetic and its settings, as benchmarks/train_speed.py measures speed
-ML20M = SyntheticConfig(num_users=138493, num_items=26744, mean_interactions=144.4, num_factors=16, seed=7)
+# the ML-20M-sized synthetic (benchmarks.common.ML20M) and its prepare settings
 ML20M_PREPARE = PrepareConfig(rating_threshold=None, binarize=True, duplicates="max", min_user_interactions=5,
                               validation_users=0.1, test_users=0.1, seed=3, max_ranks=8, row_groups_per_rank=4,
                               min_rows_per_group=500)

@@ -37,9 +37,9 @@ from benchmarks.baselines import (RECODER_SETUP, Measured, als_baseline, baselin
 from benchmarks.common import CORES, ROOT, Datasets, manifest, table, train  # noqa: E402
 
 from recoder_dist.config import load_config  # noqa: E402
+from recoder_dist.metrics import METRICS  # noqa: E402
 
 CONFIGS = {"ml-100k": ROOT / "conf" / "ml-100k.yaml", "ml-1m": ROOT / "conf" / "ml-1m.yaml"}
-METRICS = ("recall_at_20", "recall_at_50", "ndcg_at_100")
 LAMBDAS = (100.0, 300.0, 1000.0, 3000.0)
 RUN = ["mlflow.enabled=false", "train.eval_every=1"]
 # the original's schedule (Recoder's examples: Adam 1e-3, MultiStepLR without milestones in reach)
