@@ -65,7 +65,7 @@ from pipeline.config import SyntheticConfig  # noqa: E402
 from pipeline.synthetic import generate  # noqa: E402
 from recoder_dist.allocator import reuse_freed_memory  # noqa: E402
 from recoder_dist.config import load_config  # noqa: E402
-from recoder_dist.csr import entry_rows, offsets_of  # noqa: E402
+from recoder_dist.csr import column_order, entry_rows, offsets_of  # noqa: E402
 from recoder_dist.metrics import ndcg_at_k, recall_at_k, top_k  # noqa: E402
 from recoder_dist.sampling import UserRows, make_batches  # noqa: E402
 from recoder_dist.trainer import Step  # noqa: E402
@@ -215,15 +215,17 @@ def step_split(data: Data, form: str, full: bool, steps: int) -> dict[str, float
         batch = next(stream)
         clock.append(time.perf_counter())
         optimizer.zero_grad()
+        by_item = column_order(batch.items, batch.rows, model.num_items)
+        z = model.hidden_kl(batch.items, batch.values, batch.offsets, by_item)[0]
+        weight, bias = model.target_rows(batch.target_items)
         if step.hidden_loss_fn is None:
-            logits = model(batch.items, batch.values, batch.offsets, batch.target_items)
+            logits = torch.addmm(bias, z, weight.t())
             clock.append(time.perf_counter())
             loss = step.loss_fn(logits, batch.rows, batch.target_cols, batch.values)
         else:
-            z = model.hidden(batch.items, batch.values, batch.offsets)
-            weight, bias = model.target_rows(batch.target_items)
             clock.append(time.perf_counter())
-            loss = step.hidden_loss_fn(z, weight, bias, batch.rows, batch.target_cols, batch.values)
+            loss = step.hidden_loss_fn(z, weight, bias, batch.rows, batch.target_cols, batch.values,
+                                       offsets=batch.offsets, by_col=by_item)
         clock.append(time.perf_counter())
         loss.backward()
         clock.append(time.perf_counter())

@@ -1,5 +1,5 @@
 """CSR row arithmetic: per-row lengths ↔ offsets, the row of each entry, a gather of rows, a
-stable order by column (the transpose's order).
+stable order by column (the transpose's order, :class:`ColumnOrder`).
 
 Users' interactions travel as CSR arrays everywhere (``sampling.UserRows``, held-out rows, a
 batch's ``offsets``/``rows``, the Gramian loss's sorted keys): row ``i`` owns the flat entries
@@ -9,6 +9,7 @@ takes torch tensors only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, TypeVar
 
 import numpy as np
@@ -86,8 +87,40 @@ def take_rows(offsets: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def sort_order(keys: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sorted keys, stable order)`` of int64 ``keys`` in ``[0, bound)``: sorted as int32 where
-    they fit (~2.4× faster than int64 on CPU)."""
-    small = keys.to(torch.int32) if bound <= torch.iinfo(torch.int32).max else keys
-    found = torch.sort(small, stable=True)
+    """``(sorted keys, stable order)`` of int64 ``keys`` in ``[0, bound)``: sorted as the narrowest
+    of int16 / int32 that holds them (on CPU, for ~80K keys, int16 sorts ~1.5× faster than int32
+    and int32 ~2.4× faster than int64)."""
+    if bound <= torch.iinfo(torch.int16).max + 1:
+        keys = keys.to(torch.int16)
+    elif bound <= torch.iinfo(torch.int32).max + 1:
+        keys = keys.to(torch.int32)
+    found = torch.sort(keys, stable=True)
     return found.values, found.indices
+
+
+@dataclass(frozen=True)
+class ColumnOrder:
+    """The entries of a CSR batch in column order (the layout of its transpose): what a backward
+    that sums per column (per item) reads. The encoder's embedding-bag and the Gramian loss sort a
+    batch's entries by item and by target column alike: the batch's target columns are an
+    increasing function of its items, so both are the same permutation, sorted once
+    (:func:`column_order`).
+
+    Attributes
+    ----------
+    order : torch.Tensor of int64, shape (nnz,)
+        The stable permutation of the entries by column.
+    rows : torch.Tensor of int64, shape (nnz,)
+        The row of each entry, in that order (``rows[order]``).
+    """
+
+    order: torch.Tensor
+    rows: torch.Tensor
+
+
+def column_order(cols: torch.Tensor, rows: torch.Tensor, bound: int) -> ColumnOrder:
+    """:class:`ColumnOrder` of the entries at ``(rows, cols)``, ``cols`` in ``[0, bound)``; it also
+    serves any other columns of the same entries that increase with ``cols`` (a batch's
+    ``target_cols`` for its ``items``)."""
+    order = sort_order(cols, bound)[1]
+    return ColumnOrder(order, rows.index_select(0, order))

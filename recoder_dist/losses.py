@@ -20,15 +20,15 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from recoder_dist.csr import offsets_of, sort_order
+from recoder_dist.csr import ColumnOrder, column_order, offsets_of
 
 # the CSR pattern of a batch's positives (gramian_mse) is a plain input of sampled_addmm
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-# (z, weight, bias, rows, cols, values) -> loss: a loss of the logits z @ weight.T + bias
-HiddenLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                         torch.Tensor], torch.Tensor]
+# (z, weight, bias, rows, cols, values, *, offsets=None, by_col=None) -> loss: a loss of the logits
+# z @ weight.T + bias (the keywords as gramian_mse's: what the caller already knows of the positives)
+HiddenLossFn = Callable[..., torch.Tensor]
 
 
 def _full_precision(logits: torch.Tensor) -> torch.Tensor:
@@ -127,7 +127,8 @@ def weighted_mse(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
 
 
 def gramian_mse(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor,
-                cols: torch.Tensor, values: torch.Tensor, confidence: float = 0.0) -> torch.Tensor:
+                cols: torch.Tensor, values: torch.Tensor, confidence: float = 0.0,
+                offsets: Optional[torch.Tensor] = None, by_col: Optional[ColumnOrder] = None) -> torch.Tensor:
     """:func:`weighted_mse` of the logits ``y = z weightᵀ + bias``, without building them.
 
     The sum of squares over all B × T logits is a function of two h × h Gramians (the identity
@@ -158,6 +159,13 @@ def gramian_mse(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rows:
         Target values ``x`` of the positives.
     confidence : float
         Extra weight ``c`` of the positive entries: ``w = 1 + c·[x > 0]``.
+    offsets : torch.Tensor of int64, shape (B + 1,), optional
+        The CSR offsets of ``rows`` (:attr:`Batch.offsets`), when the caller has them; ``rows``
+        is then taken to be in CSR order, unchecked.
+    by_col : ColumnOrder, optional
+        The positives in column order (:func:`~recoder_dist.csr.column_order` of ``cols``, or of
+        any columns that ``cols`` increase with, e.g. the batch's items), when the caller has it;
+        else the backward sorts them. Only with ``offsets``.
 
     Returns
     -------
@@ -166,61 +174,68 @@ def gramian_mse(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rows:
     """
     dtype = torch.float64 if torch.float64 in (z.dtype, weight.dtype) else torch.float32
     z, weight, bias = z.to(dtype), weight.to(dtype), bias.to(dtype)
-    if rows.numel() > 1 and bool((rows[1:] < rows[:-1]).any()):
-        order = torch.argsort(rows, stable=True)
-        rows, cols, values = rows[order], cols[order], values[order]
-    return _GramianMSE.apply(z, weight, bias, rows, cols, values.to(dtype), float(confidence))
+    if offsets is None:
+        by_col = None  # it would name the entries in an order about to change
+        if rows.numel() > 1 and bool((rows[1:] < rows[:-1]).any()):
+            order = torch.argsort(rows, stable=True)
+            rows, cols, values = rows[order], cols[order], values[order]
+        offsets = offsets_of(torch.bincount(rows, minlength=z.shape[0]))
+    return _GramianMSE.apply(z, weight, bias, rows, cols, values.to(dtype), float(confidence), offsets, by_col)
 
 
 class _GramianMSE(torch.autograd.Function):
     """:func:`gramian_mse` with a hand-written backward. The positives' terms run on sparse
     kernels instead of gathering ``nnz × h`` copies of ``z`` and ``weight``: the logits at the
     positives are a sampled matmul (SDDMM, ``torch.sparse.sampled_addmm`` over the batch's CSR
-    pattern), their gradient into ``z`` an embedding-bag of the target rows per user, and into
-    ``weight`` an embedding-bag of ``z`` per target column. Loss + backward on 2 shared CPU
-    cores, B = 500, h = 200, ~150 positives per user: 12 / 22 / 49 ms at T = 3.7K / 11.6K /
-    26.7K, against 218 / 223 / 265 ms for autograd over gathered copies and 18 / 54 / 123 ms
-    for :func:`weighted_mse` over the logits (``benchmarks/gramian.py`` measures whole steps)."""
+    pattern, the target biases as its input), their gradient into ``z`` an embedding-bag of the
+    target rows per user, and into ``weight`` an embedding-bag of ``z`` per target column; the
+    Gramian terms are added onto those bags in place (``addmm_``'s ``beta``, ``addr_``), so each
+    ``T × h`` gradient is written about twice. Loss + backward on 2 shared CPU cores, B = 500,
+    h = 200, ~150 positives per user: 12 / 22 / 49 ms at T = 3.7K / 11.6K / 26.7K, against
+    218 / 223 / 265 ms for autograd over gathered copies and 18 / 54 / 123 ms for
+    :func:`weighted_mse` over the logits (2026-12-01; ``benchmarks/gramian.py`` measures whole
+    steps)."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor,
-                cols: torch.Tensor, values: torch.Tensor, confidence: float) -> torch.Tensor:
+                cols: torch.Tensor, values: torch.Tensor, confidence: float, offsets: torch.Tensor,
+                by_col: Optional[ColumnOrder]) -> torch.Tensor:
         n_users, n_targets = z.shape[0], weight.shape[0]
         gram_z, gram_w = z.t() @ z, weight.t() @ weight
         z_sum, w_bias = z.sum(dim=0), weight.t() @ bias
-        total = (gram_z * gram_w).sum() + 2 * z_sum.dot(w_bias) + n_users * bias.dot(bias)
-        offsets = offsets_of(torch.bincount(rows, minlength=n_users))
-        pattern = torch.sparse_csr_tensor(offsets, cols, torch.zeros_like(values), (n_users, n_targets),
+        pattern = torch.sparse_csr_tensor(offsets, cols, bias.index_select(0, cols), (n_users, n_targets),
                                           check_invariants=False)
-        y = torch.sparse.sampled_addmm(pattern, z, weight.t(), beta=0.0).values() + bias.index_select(0, cols)
-        w = 1.0 + confidence * (values > 0).to(values.dtype)
-        total = total + (w * (y - values).square() - y.square()).sum()
-        grad_y = 2 * ((w - 1.0) * y - w * values)  # d/dy of w (y - x)² - y²
-        ctx.save_for_backward(z, weight, bias, rows, cols, offsets, gram_z, gram_w, z_sum, w_bias, grad_y)
+        y = torch.sparse.sampled_addmm(pattern, z, weight.t()).values()  # z_row · weight_col + bias_col
+        r = y - values
+        wr = torch.where(values > 0, r * (1.0 + confidence), r) if confidence else r  # w (y - x)
+        total = (torch.dot(gram_z.view(-1), gram_w.view(-1)) + 2 * z_sum.dot(w_bias) + n_users * bias.dot(bias)
+                 + wr.dot(r) - y.dot(y))  # Σ_all y² + Σ_pos [w (y - x)² - y²]
+        half_grad_y = wr - y  # ½ d/dy of w (y - x)² - y²
+        ctx.save_for_backward(z, weight, bias, rows, cols, offsets, gram_z, gram_w, z_sum, w_bias, half_grad_y)
+        ctx.by_col = by_col
         return total / n_users
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total: torch.Tensor):
-        z, weight, bias, rows, cols, offsets, gram_z, gram_w, z_sum, w_bias, grad_y = ctx.saved_tensors
+        z, weight, bias, rows, cols, offsets, gram_z, gram_w, z_sum, w_bias, half_grad_y = ctx.saved_tensors
         n_users, n_targets = z.shape[0], weight.shape[0]
-        scale = grad_total * (2.0 / n_users)  # d/dy of Σ y² is 2y; the mean over users
-        grad_y = grad_y * (grad_total / n_users)
+        scale = float(grad_total) * 2.0 / n_users  # d/dy of Σ y² is 2y; the mean over users
         grad_z = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:  # 2 (z Gw + 1 uᵀ) + Σ_pos grad_y weight_col, per user
-            grad_z = torch.addmm(w_bias, z, gram_w).mul_(scale)
-            grad_z += F.embedding_bag(cols, weight, offsets, mode="sum", per_sample_weights=grad_y,
-                                      include_last_offset=True)
-        if ctx.needs_input_grad[1]:  # 2 (weight Gz + bias sᵀ) + Σ_pos grad_y z_row, per column
-            by_col = sort_order(cols, n_targets)[1]
-            grad_weight = torch.addmm(torch.outer(bias, z_sum), weight, gram_z).mul_(scale)
+        if ctx.needs_input_grad[0]:  # 2 (Σ_pos ½grad_y weight_col + z Gw + 1 uᵀ), per user
+            grad_z = F.embedding_bag(cols, weight, offsets, mode="sum", per_sample_weights=half_grad_y,
+                                     include_last_offset=True)
+            grad_z.addmm_(z, gram_w, beta=scale, alpha=scale).add_(w_bias, alpha=scale)
+        if ctx.needs_input_grad[1]:  # 2 (Σ_pos ½grad_y z_row + weight Gz + bias sᵀ), per column
+            by_col = column_order(cols, rows, n_targets) if ctx.by_col is None else ctx.by_col
             col_offsets = offsets_of(torch.bincount(cols, minlength=n_targets))
-            grad_weight += F.embedding_bag(rows.index_select(0, by_col), z, col_offsets, mode="sum",
-                                           per_sample_weights=grad_y.index_select(0, by_col), include_last_offset=True)
-        if ctx.needs_input_grad[2]:  # 2 (weight s + B bias) + Σ_pos grad_y, per column
-            grad_bias = torch.addmv(bias, weight, z_sum, beta=n_users).mul_(scale)
-            grad_bias.index_add_(0, cols, grad_y)
-        return grad_z, grad_weight, grad_bias, None, None, None, None
+            grad_weight = F.embedding_bag(by_col.rows, z, col_offsets, mode="sum",
+                                          per_sample_weights=half_grad_y.index_select(0, by_col.order),
+                                          include_last_offset=True)
+            grad_weight.addmm_(weight, gram_z, beta=scale, alpha=scale).addr_(bias, z_sum, alpha=scale)
+        if ctx.needs_input_grad[2]:  # 2 (Σ_pos ½grad_y + weight s + B bias), per column
+            grad_bias = torch.addmv(bias, weight, z_sum, beta=n_users).index_add_(0, cols, half_grad_y).mul_(scale)
+        return grad_z, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def logistic(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recoder_dist.csr import entry_rows, offsets_of, sort_order
+from recoder_dist.csr import ColumnOrder, column_order, entry_rows, offsets_of
 from recoder_dist.losses import gaussian_kl
 
 
@@ -161,17 +161,16 @@ class RecoderAutoencoder(nn.Module):
         return [g for g in groups if g["params"]]
 
     def _encode(self, items: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
-                noisy: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                noisy: bool, by_item: Optional[ColumnOrder] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The bottleneck (sampled when ``noisy`` and variational) and the KL term (variational only)."""
         rows = entry_rows(offsets, nnz=items.numel())
         values = values.to(self.encoder_bias.dtype)
-        sq_norm = torch.zeros(offsets.numel() - 1, dtype=values.dtype, device=values.device)
-        sq_norm = sq_norm.index_add(0, rows, values * values)
+        sq_norm = torch.segment_reduce(values * values, "sum", offsets=offsets)  # ~4× faster than index_add here
         weights = values / sq_norm.sqrt().clamp_min(1e-12).index_select(0, rows)
         if noisy and self.input_dropout:
             weights = input_dropout(weights, self.input_dropout)
         act = ACTIVATIONS[self.activation]
-        bag = weighted_bag(self.item_embedding.weight, items, offsets, weights, rows, self._row_sparse())
+        bag = weighted_bag(self.item_embedding.weight, items, offsets, weights, rows, self._row_sparse(), by_item)
         z = act(bag + self.encoder_bias)
         kl = None
         for i, layer in enumerate(self.encoder_layers):
@@ -203,11 +202,13 @@ class RecoderAutoencoder(nn.Module):
         """
         return self.hidden_kl(items, values, offsets)[0]
 
-    def hidden_kl(self, items: torch.Tensor, values: torch.Tensor,
-                  offsets: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def hidden_kl(self, items: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+                  by_item: Optional[ColumnOrder] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """:meth:`hidden` and, for a variational model, the batch's KL term (mean over users,
-        :func:`~recoder_dist.losses.gaussian_kl`; None otherwise)."""
-        z, kl = self._encode(items, values, offsets, noisy=self.training)
+        :func:`~recoder_dist.losses.gaussian_kl`; None otherwise). ``by_item``: the entries'
+        :func:`~recoder_dist.csr.column_order` by item when the caller has it (the trainer shares
+        it with the loss); else the backward sorts them."""
+        z, kl = self._encode(items, values, offsets, self.training, by_item)
         act = ACTIVATIONS[self.activation]
         for i, layer in enumerate(reversed(self.encoder_layers)):
             weight = layer.weight.t() if self.tied else self.decoder_weights[i]
@@ -281,7 +282,7 @@ def input_dropout(weights: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def weighted_bag(table: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor,
-                 rows: torch.Tensor, row_sparse: bool = False) -> torch.Tensor:
+                 rows: torch.Tensor, row_sparse: bool = False, by_item: Optional[ColumnOrder] = None) -> torch.Tensor:
     """``Σ_k weights_k · table[items_k]`` per user (an embedding-bag, sum, ``offsets`` with the last
     offset included; ``rows`` the user of each entry), with a faster backward w.r.t. ``table``.
 
@@ -289,7 +290,8 @@ def weighted_bag(table: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor
     backward sorts the entries by item once and runs the embedding-bag forward kernel again (users'
     gradients bagged per item), instead of ATen's embedding-bag backward (~9.6 ms against ~2 ms for
     ~80K entries, h = 200, 2 threads). ``row_sparse``: the gradient is a coalesced sparse COO tensor
-    of just the rows in ``items``; else dense. ``weights`` that need a gradient fall back to
+    of just the rows in ``items``; else dense. ``by_item``: the entries' :func:`~recoder_dist.csr.column_order`
+    by item, if the caller has it (else the backward sorts). ``weights`` that need a gradient fall back to
     :func:`torch.nn.functional.embedding_bag`."""
     if weights.requires_grad:
         if row_sparse:
@@ -297,7 +299,7 @@ def weighted_bag(table: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor
             return F.embedding_bag(positions, gather_rows(table, unique), offsets, mode="sum",
                                    per_sample_weights=weights, include_last_offset=True)
         return F.embedding_bag(items, table, offsets, mode="sum", per_sample_weights=weights, include_last_offset=True)
-    return _WeightedBag.apply(table, items, offsets, weights, rows, row_sparse)
+    return _WeightedBag.apply(table, items, offsets, weights, rows, row_sparse, by_item)
 
 
 class _WeightedBag(torch.autograd.Function):
@@ -305,9 +307,9 @@ class _WeightedBag(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor,
-                rows: torch.Tensor, row_sparse: bool) -> torch.Tensor:
+                rows: torch.Tensor, row_sparse: bool, by_item: Optional[ColumnOrder]) -> torch.Tensor:
         ctx.save_for_backward(items, weights, rows)
-        ctx.table_shape, ctx.row_sparse = table.shape, row_sparse
+        ctx.table_shape, ctx.row_sparse, ctx.by_item = table.shape, row_sparse, by_item
         return F.embedding_bag(items, table, offsets, mode="sum", per_sample_weights=weights, include_last_offset=True)
 
     @staticmethod
@@ -315,19 +317,18 @@ class _WeightedBag(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         items, weights, rows = ctx.saved_tensors
         n = ctx.table_shape[0]
-        sorted_items, order = sort_order(items, n)
+        by_item = column_order(items, rows, n) if ctx.by_item is None else ctx.by_item
         if ctx.row_sparse:
-            touched, counts = torch.unique_consecutive(sorted_items, return_counts=True)
-            touched = touched.to(torch.int64)
+            touched, counts = torch.unique_consecutive(items.index_select(0, by_item.order), return_counts=True)
         else:
             counts = torch.bincount(items, minlength=n)
-        per_item = F.embedding_bag(rows.index_select(0, order), grad.to(weights.dtype), offsets_of(counts), mode="sum",
-                                   per_sample_weights=weights.index_select(0, order), include_last_offset=True)
+        per_item = F.embedding_bag(by_item.rows, grad.to(weights.dtype), offsets_of(counts), mode="sum",
+                                   per_sample_weights=weights.index_select(0, by_item.order), include_last_offset=True)
         if not ctx.row_sparse:
-            return per_item, None, None, None, None, None
+            return per_item, None, None, None, None, None, None
         sparse = torch.sparse_coo_tensor(touched.unsqueeze(0), per_item, ctx.table_shape, is_coalesced=True,
                                          check_invariants=False)
-        return sparse, None, None, None, None, None
+        return sparse, None, None, None, None, None, None
 
 
 def gather_rows(table: torch.Tensor, rows: torch.Tensor, sparse: bool = True) -> torch.Tensor:

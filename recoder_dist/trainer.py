@@ -23,6 +23,7 @@ from pipeline.manifest import DatasetError, read_manifest, verify_files
 from recoder_dist import checkpoint
 from recoder_dist.allocator import reuse_freed_memory
 from recoder_dist.config import Config, TrainConfig
+from recoder_dist.csr import column_order
 from recoder_dist.distributed import Workers
 from recoder_dist.evaluation import METRICS, means, metric_sums, model_scorer
 from recoder_dist.feed import HeldoutRows, prefetch, read_heldout, train_rows
@@ -180,8 +181,11 @@ class Step:
         if t.grad_exchange == "sync_union" and batch.target_items is not None:
             batch = retarget(batch, self.workers.global_union(batch.target_items))
         self.optimizer.zero_grad()
+        # the entries sorted by item once, for the encoder's backward and the Gramian loss's (its target
+        # columns increase with the items: the same order)
+        by_item = column_order(batch.items, batch.rows, self.model.num_items)
         with self.autocast:
-            z, kl = self.model.hidden_kl(batch.items, batch.values, batch.offsets)
+            z, kl = self.model.hidden_kl(batch.items, batch.values, batch.offsets, by_item)
             weight, bias = self.model.target_rows(batch.target_items)
             if self.log_q is not None and batch.target_items is not None:
                 bias = bias - self.log_q[batch.target_items]  # = the logits minus log q_j
@@ -190,7 +194,8 @@ class Step:
         if self.hidden_loss_fn is None:
             loss = self.loss_fn(logits, batch.rows, batch.target_cols, batch.values)
         else:
-            loss = self.hidden_loss_fn(z, weight, bias, batch.rows, batch.target_cols, batch.values)
+            loss = self.hidden_loss_fn(z, weight, bias, batch.rows, batch.target_cols, batch.values,
+                                       offsets=batch.offsets, by_col=by_item)
         if kl is not None:
             loss = loss + kl_beta * kl
         loss.backward()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from recoder_dist.losses import (LOSSES, gaussian_kl, get_hidden_loss, get_loss, gramian_mse, logistic,
                                  multinomial_nll, union_log_inclusion, weighted_mse)
+from recoder_dist.csr import column_order
 from recoder_dist.models import RecoderAutoencoder
 
 B, T = 5, 12
@@ -151,13 +152,17 @@ def test_gramian_mse_equals_dense_weighted_mse_and_its_gradients(confidence, lea
         assert_relative(grad, expected_grad)
 
 
+@pytest.mark.parametrize("shared_order", [False, True])
 @pytest.mark.parametrize("full", [False, True])
 @pytest.mark.parametrize("hidden_sizes,tied", [((8,), False), ((8, 5), False), ((8, 5), True)])
 @pytest.mark.parametrize("confidence,learned_bias", [(0.0, False), (3.0, True)])
 def test_gramian_mse_through_the_model_gives_every_parameter_the_dense_gradient(full, hidden_sizes, tied,
-                                                                                confidence, learned_bias):
+                                                                                confidence, learned_bias,
+                                                                                shared_order):
     """Union (a target subset) and full mode (the whole catalogue): model.hidden + target_rows + the
-    Gramian loss against the dense logits + weighted_mse, every parameter's gradient compared."""
+    Gramian loss against the dense logits + weighted_mse, every parameter's gradient compared; each
+    backward sorting on its own, or both given the batch's order by item and its offsets, as
+    trainer.Step passes them (in union mode the loss's columns are then not the items sorted)."""
     g = torch.Generator().manual_seed(5)
     num_items = 23
     torch.manual_seed(5)
@@ -176,7 +181,13 @@ def test_gramian_mse_through_the_model_gives_every_parameter_the_dense_gradient(
     values_in = values.clamp_min(0.25)  # the encoder's input: an all-zero user cannot be normalised
 
     weight, bias = model.target_rows(targets)
-    loss = gramian_mse(model.hidden(items, values_in, offsets), weight, bias, rows, target_cols, values, confidence)
+    if shared_order:
+        by_item = column_order(items, rows, num_items)
+        z = model.hidden_kl(items, values_in, offsets, by_item)[0]
+        loss = gramian_mse(z, weight, bias, rows, target_cols, values, confidence, offsets=offsets, by_col=by_item)
+    else:
+        loss = gramian_mse(model.hidden(items, values_in, offsets), weight, bias, rows, target_cols, values,
+                           confidence)
     grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     expected = weighted_mse(model(items, values_in, offsets, targets), rows, target_cols, values, confidence)
     expected_grads = torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)

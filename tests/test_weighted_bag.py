@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recoder_dist.csr import sort_order
+from recoder_dist.csr import column_order, sort_order
 from recoder_dist.models import RecoderAutoencoder, gather_rows, input_dropout, weighted_bag
 
 
@@ -19,14 +19,17 @@ def ragged_bags(g: torch.Generator, n_items: int = 17):
     return items, offsets, rows, weights
 
 
+@pytest.mark.parametrize("given_order", [False, True])
 @pytest.mark.parametrize("row_sparse", [False, True])
-def test_weighted_bag_equals_embedding_bag_and_its_table_gradient(row_sparse):
+def test_weighted_bag_equals_embedding_bag_and_its_table_gradient(row_sparse, given_order):
+    """Its own sort in the backward, or the caller's column_order (as the trainer passes it)."""
     g = torch.Generator().manual_seed(11)
     items, offsets, rows, weights = ragged_bags(g)
     table = torch.randn(17, 6, dtype=torch.float64, generator=g, requires_grad=True)
     upstream = torch.randn(offsets.numel() - 1, 6, dtype=torch.float64, generator=g)
 
-    out = weighted_bag(table, items, offsets, weights, rows, row_sparse)
+    by_item = column_order(items, rows, 17) if given_order else None
+    out = weighted_bag(table, items, offsets, weights, rows, row_sparse, by_item)
     expected = F.embedding_bag(items, table, offsets, mode="sum", per_sample_weights=weights, include_last_offset=True)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     (grad,) = torch.autograd.grad((out * upstream).sum(), table)
@@ -83,10 +86,19 @@ def test_model_encoder_gradient_equals_the_embedding_bag_one(sparse):
     torch.testing.assert_close(grad.to_dense() if sparse else grad, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_sort_order_is_stable_and_sorted():
-    keys = torch.tensor([3, 1, 3, 0, 1, 3])
-    found, order = sort_order(keys, 4)
-    assert found.tolist() == [0, 1, 1, 3, 3, 3] and order.tolist() == [3, 1, 4, 0, 2, 5]
+@pytest.mark.parametrize("bound", [4, 2**15, 2**15 + 1, 2**31 + 1])  # sorted as int16, int16, int32, int64
+def test_sort_order_is_stable_and_sorted(bound):
+    keys = torch.tensor([3, 1, 3, 0, 1, 3]) + (bound - 4)
+    found, order = sort_order(keys, bound)
+    assert (found.to(torch.int64) - (bound - 4)).tolist() == [0, 1, 1, 3, 3, 3] and order.tolist() == [3, 1, 4, 0, 2, 5]
+
+
+def test_column_order_names_each_entry_and_its_row_in_column_order():
+    g = torch.Generator().manual_seed(16)
+    items, _, rows, _ = ragged_bags(g)
+    found = column_order(items, rows, 17)
+    assert torch.equal(found.order, torch.argsort(items, stable=True))
+    assert torch.equal(found.rows, rows[found.order])
 
 
 def test_input_dropout_keeps_a_share_1_minus_p_scaled_by_its_inverse():
