@@ -1,5 +1,6 @@
 """python benchmarks/gramian.py [--sizes ml-1m,ml-20m] [--epochs 10,1] [--no-baseline] [--isa avx2]
-    [--split-steps 12] [--op-rows 12] [--ml1m-seeds 3] [--ml1m-epochs 50]
+    [--variants "Gramian MSE union,…"] [--split-steps 12] [--op-rows 12] [--ml1m-seeds 3] [--ml1m-epochs 50]
+    [--data-cache data/bench/gramian]
 
 The weighted MSE (``train.loss=mse``, confidence 3) in its Gramian form (``train.mse_form=gramian``,
 ``recoder_dist.losses.gramian_mse``) against the dense form over the B × |T| logits
@@ -34,17 +35,22 @@ lr 1e-3, weight decay 2e-5, batch 500, target set per 500 users.
 caches, narrower vectors). The kernel path in use is printed first, and the original's as its
 process reports it (the caps reach it through its environment). The original needs its own venv
 (``benchmarks/README.md``); without it, or with ``--no-baseline``, its rows are left out.
+
+The generated users of each size are kept in ``--data-cache`` (ML-20M's shape takes minutes), so a
+size can be measured in several commands (``--variants ''`` runs the original alone,
+``--no-baseline`` ours alone).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -95,9 +101,23 @@ def csr(users: np.ndarray, items: np.ndarray, n_users: int) -> UserRows:
                     np.ones(len(items), np.float32))
 
 
-def synthetic_data(config: SyntheticConfig) -> Data:
-    frame = generate(config)
-    return split_users(frame["user_id"].to_numpy() - 1, frame["item_id"].to_numpy() - 1, config.num_items)
+def synthetic_data(config: SyntheticConfig, cache: Optional[Path] = None) -> Data:
+    """The users of ``config``, generated once and kept in the folder ``cache`` (``--data-cache``;
+    ML-20M's shape takes minutes to generate) when given."""
+    key = hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    path = None if cache is None else cache / f"synthetic-{key}.npz"
+    if path is not None and path.is_file():
+        with np.load(path) as pairs:
+            users, items = pairs["users"], pairs["items"]
+    else:
+        frame = generate(config)
+        users, items = frame["user_id"].to_numpy() - 1, frame["item_id"].to_numpy() - 1
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial.npz")
+            np.savez(partial, users=users, items=items)
+            partial.replace(path)
+    return split_users(users, items, config.num_items)
 
 
 def movielens_1m_data(seed: int) -> Data:
@@ -327,7 +347,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--isa", choices=["native", "avx2"], default="native")
     parser.add_argument("--split-steps", type=int, default=12)
     parser.add_argument("--op-rows", type=int, default=12, help="operators listed per Gramian variant (0: none)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset of our variants (empty: the original's rows only)")
+    parser.add_argument("--data-cache", type=Path, default=ROOT / "data" / "bench" / "gramian",
+                        help="folder keeping the generated users between runs ('': generate every run)")
     parser.add_argument("--ml1m-seeds", type=int, default=3, help="real ML-1M quality: split seeds (0: skip)")
     parser.add_argument("--ml1m-epochs", type=int, default=50)
     parser.add_argument("--item-optimizer", default="adam", help="train.item_optimizer of ours (adam, lazy_adam, …)")
@@ -341,11 +364,12 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}, "
           f"FBGEMM_ENABLE_INSTRUCTIONS={os.environ.get('FBGEMM_ENABLE_INSTRUCTIONS', '-')}", flush=True)
     baseline = not args.no_baseline and RECODER_PYTHON.is_file()
-    variants = [v.strip() for v in args.variants.split(",")]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    cache = args.data_cache if str(args.data_cache) not in {"", "."} else None
     results = {}
     for size, epochs in zip(args.sizes.split(","), map(int, args.epochs.split(","))):
         started = time.perf_counter()
-        data = synthetic_data(SIZES[size])
+        data = synthetic_data(SIZES[size], cache)
         print(f"\n## {size}: {len(data.train):,} train users × {data.num_items:,} items, "
               f"{data.train.offsets[-1]:,} train interactions, {len(data.foldin):,} test users; {epochs} epoch(s) "
               f"(data in {time.perf_counter() - started:.0f} s)", flush=True)
@@ -362,7 +386,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             runs[label] = train_ours(data, form, full, epochs)
             print(f"  {label}: {runs[label]}", flush=True)
         reference_label = "original Recoder 0.4.0 MSE union" if runs.get("original Recoder 0.4.0 MSE union") \
-            else variants[0]
+            else next((label for label, r in runs.items() if r), None)
+        if reference_label is None:
+            continue
         reference = runs[reference_label]
         rows = [(label, f"{r['epoch_s']:.2f}", f"{r['step_ms']:.1f}", f"{r['users_per_s']:,.0f}",
                  f"**{r['users_per_s'] / reference['users_per_s']:.2f}**", f"{r['recall_at_20']:.4f}",
@@ -370,11 +396,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(table(["variant", "s/epoch", "ms/step", "users/s", f"÷ {reference_label}",
                      "Recall@20", "NDCG@100", "CPU stall"], rows), flush=True)
         splits = {label: step_split(data, *VARIANTS[label], args.split_steps) for label in variants}
-        phases = list(next(iter(splits.values())))
-        print("\nsplit of a step, ms (mean of %d steps)" % args.split_steps)
-        print(table(["variant", *phases, "total"],
-                    [(label, *(f"{s[p]:.1f}" for p in phases), f"{sum(s.values()):.1f}") for label, s in splits.items()]),
-              flush=True)
+        if splits:
+            phases = list(next(iter(splits.values())))
+            print("\nsplit of a step, ms (mean of %d steps)" % args.split_steps)
+            print(table(["variant", *phases, "total"],
+                        [(label, *(f"{s[p]:.1f}" for p in phases), f"{sum(s.values()):.1f}")
+                         for label, s in splits.items()]), flush=True)
         ops = {label: op_split(data, *VARIANTS[label], args.split_steps, args.op_rows)
                for label in variants if args.op_rows and VARIANTS[label][0] == "gramian"}
         for label, ranked in ops.items():

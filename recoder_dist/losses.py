@@ -183,6 +183,19 @@ def gramian_mse(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rows:
     return _GramianMSE.apply(z, weight, bias, rows, cols, values.to(dtype), float(confidence), offsets, by_col)
 
 
+def gramian(x: torch.Tensor) -> torch.Tensor:
+    """``xᵀx`` (h × h for ``x`` of shape (n, h)) as two products, the top half of the rows and the
+    bottom-right block, the bottom-left block mirrored: 3/4 of the multiply-adds of ``x.t() @ x``
+    (torch has no symmetric rank-k product); ~15 % faster on CPU for n = 3.6K–27K, h = 200."""
+    h = x.shape[1]
+    half = h // 2
+    out = torch.empty(h, h, dtype=x.dtype, device=x.device)
+    torch.mm(x[:, :half].t(), x, out=out[:half])
+    torch.mm(x[:, half:].t(), x[:, half:], out=out[half:, half:])
+    out[half:, :half] = out[:half, half:].t()
+    return out
+
+
 class _GramianMSE(torch.autograd.Function):
     """:func:`gramian_mse` with a hand-written backward. The positives' terms run on sparse
     kernels instead of gathering ``nnz × h`` copies of ``z`` and ``weight``: the logits at the
@@ -201,7 +214,7 @@ class _GramianMSE(torch.autograd.Function):
                 cols: torch.Tensor, values: torch.Tensor, confidence: float, offsets: torch.Tensor,
                 by_col: Optional[ColumnOrder]) -> torch.Tensor:
         n_users, n_targets = z.shape[0], weight.shape[0]
-        gram_z, gram_w = z.t() @ z, weight.t() @ weight
+        gram_z, gram_w = gramian(z), gramian(weight)
         z_sum, w_bias = z.sum(dim=0), weight.t() @ bias
         pattern = torch.sparse_csr_tensor(offsets, cols, bias.index_select(0, cols), (n_users, n_targets),
                                           check_invariants=False)

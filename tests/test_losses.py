@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recoder_dist.losses import (LOSSES, gaussian_kl, get_hidden_loss, get_loss, gramian_mse, logistic,
+from recoder_dist.losses import (LOSSES, gaussian_kl, get_hidden_loss, get_loss, gramian, gramian_mse, logistic,
                                  multinomial_nll, union_log_inclusion, weighted_mse)
 from recoder_dist.csr import column_order
 from recoder_dist.models import RecoderAutoencoder
@@ -292,3 +292,12 @@ def test_gaussian_kl_is_the_closed_form_against_the_standard_normal():
     torch.testing.assert_close(gaussian_kl(mean, log_variance),
                                torch.distributions.kl_divergence(posterior, prior).sum(dim=1).mean())
     assert float(gaussian_kl(torch.zeros(3, 2), torch.zeros(3, 2))) == 0.0
+
+
+@pytest.mark.parametrize("h", [1, 2, 7, 200])
+def test_gramian_is_x_transposed_times_x(h):
+    x = torch.randn(37, h, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    found = gramian(x)
+    assert_relative(found, x.t() @ x, tol=1e-12)
+    half = h // 2
+    assert torch.equal(found[half:, :half], found[:half, half:].t())  # the mirrored block
