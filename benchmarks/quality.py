@@ -77,11 +77,13 @@ MODELS = ("ease", "autoencoders", "popularity", "als", "recoder")  # what --mode
 
 
 def one_split(name: str, data: Path, work: Path, settings: dict[str, list[str]], baselines: bool,
-              original_epochs: int, models: Sequence[str] = MODELS) -> dict[str, dict]:
+              original_epochs: int, models: Sequence[str] = MODELS,
+              val_ease: Optional[float] = None) -> dict[str, dict]:
     """The ``models`` on one prepared split: ``{model: {"test", "fit_s", "reach", "note"}}`` (``reach``:
-    the autoencoders' time to EASE's validation NDCG@100, when EASE is among them)."""
+    the autoencoders' time to EASE's validation NDCG@100, when EASE is among them or ``val_ease``,
+    its figure kept from an earlier command on this split, is given)."""
     from recoder_dist.evaluation import popularity_scorer
-    out, val_ease = {}, None
+    out = {}
     if "ease" in models:
         measured, val_ease = ease(data)
         out["EASE"] = {"test": measured.test, "fit_s": measured.fit_s, "note": measured.note, "val": val_ease}
@@ -113,6 +115,14 @@ def one_split(name: str, data: Path, work: Path, settings: dict[str, list[str]],
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def kept_ease(path: Optional[Path], name: str, seed: int) -> Optional[float]:
+    """EASE's validation NDCG@100 on (``name``, ``seed``) kept in the JSON file ``path``, if any."""
+    if path is None or not path.is_file():
+        return None
+    import json
+    return json.loads(path.read_text()).get(name, {}).get(str(seed), {}).get("EASE", {}).get("val")
 
 
 def merged(path: Optional[Path], name: str, seed: int, split: dict[str, dict]) -> dict[str, dict]:
@@ -232,7 +242,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             for index, (seed, data) in enumerate(zip(seeds[name], folders)):
                 if index in run_now:
                     print(f"{name}, split seed {seed}:", flush=True)
-                    split = one_split(name, data, work, settings, args.baselines, args.original_epochs, models)
+                    split = one_split(name, data, work, settings, args.baselines, args.original_epochs, models,
+                                      kept_ease(args.results, name, seed))
                 else:
                     split = {}
                 splits.append(merged(args.results, name, seed, split))
