@@ -24,11 +24,11 @@ def test_base_chain_ml20m_extends_default():
     # from ml-20m.yaml
     assert (config.prepare.user_col, config.prepare.item_col) == ("userId", "movieId")
     assert config.prepare.validation_users == 10000.0 and config.prepare.test_users == 10000.0
-    assert config.train.batch_size == 500 and config.train.milestones == [60, 80]
+    assert config.train.batch_size == 500 and config.train.loss == "mse"
+    assert config.train.lr_schedule == "warmup_cosine" and config.train.patience == 3
     # inherited from default.yaml (differs from the dataclass default)
     assert config.prepare.duplicates == "max"
     assert config.synthetic.num_users == 3000
-    assert config.train.loss == "multinomial"
 
 
 def test_base_chain_of_three_files_and_relative_base(tmp_path):
