@@ -8,7 +8,8 @@ import torch
 
 from recoder_dist.losses import get_hidden_loss, multinomial_nll
 from recoder_dist.models import RecoderAutoencoder, gather_rows
-from recoder_dist.optim import RowSparseOptimizer, build_optimizer, touched_rows
+from recoder_dist.optim import (RowSparseOptimizer, build_optimizer, gather_rows_of, row_blocks,
+                                scatter_rows_into, touched_rows)
 
 N, D = 12, 3
 LR, BETAS, EPS, WD = 0.01, (0.9, 0.999), 1e-8, 0.05
@@ -74,6 +75,30 @@ def test_row_rules_match_a_row_by_row_reference_and_leave_other_rows_alone(rule,
     assert untouched == [9, 10, 11]
     assert torch.equal(updated[untouched], initial[untouched])  # bit-identical, no decay, no drift
     assert not torch.isclose(updated[touched], initial[touched]).any()
+
+
+@pytest.mark.parametrize("shape,dtype,wide", [((7, 200), torch.float32, torch.complex128),
+                                              ((7, 6), torch.float32, torch.int64),
+                                              ((7, 8), torch.bfloat16, torch.complex128),
+                                              ((7, 1), torch.float32, torch.float32),
+                                              ((7, 3), torch.float32, torch.float32)])
+def test_row_copies_keep_every_bit_of_the_rows(shape, dtype, wide):
+    """Gathers and scatters move rows as wide elements (row_blocks) and copy their bytes exactly,
+    NaN payloads included; tables that cannot be viewed so are copied as they are."""
+    gen = torch.Generator().manual_seed(0)
+    bits = torch.randint(-2**15, 2**15, (shape[0], shape[1] * dtype.itemsize // 2), generator=gen, dtype=torch.int16)
+    table, rows = bits.view(dtype), torch.tensor([0, 3, 6])
+    assert row_blocks(table).dtype == wide
+    block = gather_rows_of(table, rows)
+    assert block.dtype == dtype and torch.equal(block.view(torch.int16), bits[rows])
+    target = torch.zeros_like(table)
+    scatter_rows_into(target, rows, block)
+    assert torch.equal(target.view(torch.int16)[rows], bits[rows])
+    assert not target.view(torch.int16)[[1, 2, 4, 5]].any()  # other rows untouched
+    offset = table.view(-1)[shape[1]:].view(shape[0] - 1, shape[1])  # a view starting one row in
+    assert torch.equal(gather_rows_of(offset, rows[:2]).view(torch.int16), bits[rows[:2] + 1])
+    strided = table.t().contiguous().t()  # the same rows, not contiguous: copied as they are
+    assert torch.equal(gather_rows_of(strided, rows).contiguous().view(torch.int16), bits[rows])
 
 
 def test_lazy_adam_equals_adam_when_every_row_is_touched_every_step():
