@@ -95,6 +95,7 @@ def worker(data: Path, config_path: Optional[str], overrides: list[str], out: Pa
     result = fit(config, data, Workers.start())
     out.write_text(json.dumps({"test": result.test, "best_epoch": result.best_epoch,
                                "epoch_s": [h["epoch_s"] for h in result.history],
+                               "target_size": [h["target_size"] for h in result.history],
                                "fit_s": time.perf_counter() - started}))
     return 0
 
@@ -119,7 +120,7 @@ def run(name: str, optimizer: str, seed: int, results: Path) -> dict:
     with open(results, "a") as handle:
         handle.write(json.dumps(line) + "\n")
     print(f"  {name} {optimizer} seed {seed}: " + "  ".join(f"{k} {line['test'][k]:.4f}" for k in METRICS)
-          + f"  epoch {min(line['epoch_s']):.1f} s", flush=True)
+          + f"  epoch {min(line['epoch_s']):.1f} s, mean union {line['target_size'][0]:,.0f} items", flush=True)
     return line
 
 
