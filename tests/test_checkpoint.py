@@ -98,7 +98,7 @@ def test_settings_that_cannot_change_the_weights_are_not_identity(override):
     assert identity(override) == identity()
 
 
-@pytest.mark.parametrize("override", ["train.lr=0.5", "train.batch_size=50", "train.seed=5", "train.loss=mse",
+@pytest.mark.parametrize("override", ["train.lr=0.5", "train.batch_size=50", "train.seed=5", "train.loss=multinomial",
                                       "train.num_sampling_users=400", "train.num_neg_samples=3", "train.full=true",
                                       "train.milestones=[1]", "train.gamma=0.5", "train.weight_decay=0.1",
                                       "train.grad_exchange=sync_union", "train.dtype=bfloat16",

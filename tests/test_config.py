@@ -15,7 +15,8 @@ def test_defaults_load_from_default_yaml():
     assert config.prepare.min_user_interactions == 5
     assert config.prepare.max_ranks == 8 and config.prepare.max_rows_per_group == 10000  # YAML; dataclass default
     assert config.model.hidden_sizes == [200]
-    assert config.train.milestones == [6, 8]
+    assert config.train.loss == "mse" and config.train.confidence == pytest.approx(1.5)
+    assert config.train.lr_schedule == "warmup_cosine" and config.train.warmup_epochs == 2
     assert config.train.weight_decay == pytest.approx(2e-5)
 
 

@@ -87,10 +87,11 @@ class TestOneProcessLazyAdam(TrainerContract):
 
 class TestOneProcessVariationalLogQ(TrainerContract):
     """The Mult-VAE option (a sampled latent, the annealed KL term) with the batch union's logQ
-    correction: the same contract as the plain model."""
+    correction, under the multinomial likelihood both were made for (Liang et al. 2018; a sampled
+    softmax): the same contract as the plain model."""
     ranks = 1
     extra = ("model.hidden_sizes=[64,32]", "model.variational=true", "train.kl_anneal_steps=20",
-             "train.logq_correction=true")
+             "train.logq_correction=true", "train.loss=multinomial")
 
 
 class TestHorovodDense(TrainerContract):
