@@ -19,6 +19,7 @@ file and reports over everything it holds, so that the models (``--models``) and
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -117,12 +118,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def kept(path: Optional[Path]) -> dict:
+    """The results kept in the JSON file ``path`` (``{dataset: {seed: {model: ...}}}``); empty if none."""
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
 def kept_ease(path: Optional[Path], name: str, seed: int) -> Optional[float]:
     """EASE's validation NDCG@100 on (``name``, ``seed``) kept in the JSON file ``path``, if any."""
-    if path is None or not path.is_file():
-        return None
-    import json
-    return json.loads(path.read_text()).get(name, {}).get(str(seed), {}).get("EASE", {}).get("val")
+    return kept(path).get(name, {}).get(str(seed), {}).get("EASE", {}).get("val")
 
 
 def merged(path: Optional[Path], name: str, seed: int, split: dict[str, dict]) -> dict[str, dict]:
@@ -131,11 +134,10 @@ def merged(path: Optional[Path], name: str, seed: int, split: dict[str, dict]) -
     commands; only ``split`` without a file."""
     if path is None:
         return split
-    import json
-    kept = json.loads(path.read_text()) if path.is_file() else {}
-    entry = kept.setdefault(name, {}).setdefault(str(seed), {})
+    results = kept(path)
+    entry = results.setdefault(name, {}).setdefault(str(seed), {})
     entry.update(split)
-    path.write_text(json.dumps(kept, indent=1))
+    path.write_text(json.dumps(results, indent=1))
     return dict(entry)
 
 
