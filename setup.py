@@ -28,6 +28,8 @@ setup(
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<3.11",
         "psutil>=5.9",
+        "omegaconf>=2.3,<2.4",
+        "numba>=0.60",
     ],
     extras_require={"dev": ["pytest>=8,<9"]},
     entry_points={"console_scripts": ["recoder-train=recoder_dist.train:main"]},

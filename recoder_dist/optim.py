@@ -15,6 +15,11 @@ every row of the table and of both moments on every step; the rules here cost �
 
 Every other parameter keeps Adam (fused on CPU and CUDA), so ``adam`` (dense Adam for everything,
 the reference) and the row-sparse rules differ only on the item tables.
+
+On CPU (float32 / float64 tables) each rule is one compiled pass over the touched rows
+(:mod:`recoder_dist.row_kernels`), so it reads and writes each row of the weights and the state
+once, as dense fused Adam does for every row; elsewhere (CUDA, bfloat16) the same rule runs as
+torch operations on the gathered rows.
 """
 from __future__ import annotations
 
@@ -72,6 +77,11 @@ def scatter_rows_into(table: torch.Tensor, rows: torch.Tensor, values: torch.Ten
     blocks.index_copy_(0, rows, values if blocks is table else values.contiguous().view(blocks.dtype))
 
 
+def runs_compiled(table: torch.Tensor) -> bool:
+    """Whether the row rules update ``table`` with their compiled CPU kernel (else torch ops)."""
+    return table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64) and table.is_contiguous()
+
+
 def lazy_adam_rows(table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, state: dict, *,
                    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
     """Adam on ``rows`` (unique) of ``table`` (n × d) in place, each row with its own step count.
@@ -81,13 +91,20 @@ def lazy_adam_rows(table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, 
     ``w ← w - lr / c1 · m / (√v / √c2 + ε)`` with ``c1 = 1 - β1^t``, ``c2 = 1 - β2^t`` and ``t``
     the row's count of updates; the bias corrections are folded into one scale and one ε per row,
     ``w ← w - m / ((√v + ε √c2) / (lr √c2 / c1))``, so that the update is four passes over the
-    rows (square root, two per-row broadcasts, ``addcdiv_``). ``state`` holds ``moments``
-    (2 × n × d: ``m`` then ``v``, each half contiguous) and ``row_step`` (n,), created on first use.
+    rows (square root, two per-row broadcasts, ``addcdiv_``); on CPU (:func:`runs_compiled`) it is
+    one compiled pass. ``state`` holds ``moments`` (2 × n × d: ``m`` then ``v``, each half
+    contiguous) and ``row_step`` (n,), created on first use.
     """
     if not state:
         state["moments"] = torch.zeros((2, *table.shape), dtype=table.dtype, device=table.device)
         state["row_step"] = torch.zeros(table.shape[0], dtype=torch.float32, device=table.device)
     all_m, all_v = state["moments"][0], state["moments"][1]
+    if runs_compiled(table):
+        from recoder_dist import row_kernels  # numba, only where it runs (the GPU hosts need not have it)
+        row_kernels.lazy_adam(table.detach().numpy(), all_m.numpy(), all_v.numpy(), state["row_step"].numpy(),
+                              rows.numpy(), grad.to(table.dtype).contiguous().numpy(), lr, beta1, beta2, eps,
+                              weight_decay)
+        return
     weights = gather_rows_of(table, rows)
     grad = grad.to(table.dtype)
     if weight_decay:
@@ -108,9 +125,15 @@ def lazy_adam_rows(table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, 
 def rowwise_adagrad_rows(table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, state: dict, *,
                          lr: float, eps: float, weight_decay: float) -> None:
     """Row-wise Adagrad on ``rows`` (unique) of ``table`` (n × d) in place: ``G_r += mean_j g_rj²``,
-    ``w_r -= lr · g_r / (√G_r + ε)``; ``state["row_sum"]`` (n,) is created on first use."""
+    ``w_r -= lr · g_r / (√G_r + ε)``; ``state["row_sum"]`` (n,) is created on first use. On CPU
+    (:func:`runs_compiled`) it is one compiled pass."""
     if not state:
         state["row_sum"] = torch.zeros(table.shape[0], dtype=table.dtype, device=table.device)
+    if runs_compiled(table):
+        from recoder_dist import row_kernels  # numba, only where it runs (the GPU hosts need not have it)
+        row_kernels.rowwise_adagrad(table.detach().numpy(), state["row_sum"].numpy(), rows.numpy(),
+                                    grad.to(table.dtype).contiguous().numpy(), lr, eps, weight_decay)
+        return
     weights = gather_rows_of(table, rows)
     grad = grad.to(table.dtype)
     if weight_decay:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from recoder_dist import optim
 from recoder_dist.losses import get_hidden_loss, multinomial_nll
 from recoder_dist.models import RecoderAutoencoder, gather_rows
 from recoder_dist.optim import (RowSparseOptimizer, build_optimizer, gather_rows_of, row_blocks,
@@ -63,9 +64,18 @@ def run_rule(rule: str, initial: torch.Tensor) -> torch.Tensor:
     return table.detach()
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def row_kernel(request, monkeypatch):
+    """Each row rule twice: its compiled CPU kernel, and the torch operations CUDA and bfloat16 use."""
+    if request.param == "torch":
+        monkeypatch.setattr(optim, "runs_compiled", lambda table: False)
+    return request.param
+
+
 @pytest.mark.parametrize("rule,reference", [("lazy_adam", reference_lazy_adam),
                                             ("rowwise_adagrad", reference_rowwise_adagrad)])
-def test_row_rules_match_a_row_by_row_reference_and_leave_other_rows_alone(rule, reference):
+def test_row_rules_match_a_row_by_row_reference_and_leave_other_rows_alone(rule, reference, row_kernel):
+    assert optim.runs_compiled(torch.zeros(N, D, dtype=torch.float64)) == (row_kernel == "compiled")
     initial = torch.randn(N, D, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     updated = run_rule(rule, initial)
     expected = torch.from_numpy(reference(initial.numpy()))
@@ -101,7 +111,7 @@ def test_row_copies_keep_every_bit_of_the_rows(shape, dtype, wide):
     assert torch.equal(gather_rows_of(strided, rows).contiguous().view(torch.int16), bits[rows])
 
 
-def test_lazy_adam_equals_adam_when_every_row_is_touched_every_step():
+def test_lazy_adam_equals_adam_when_every_row_is_touched_every_step(row_kernel):
     gen = torch.Generator().manual_seed(3)
     initial = torch.randn(N, D, generator=gen)
     lazy, dense = torch.nn.Parameter(initial.clone()), torch.nn.Parameter(initial.clone())

@@ -76,9 +76,9 @@ def test_a_gramian_mse_step_makes_the_dense_mse_step_update(full):
 
     def run(form: str) -> tuple[list[float], dict]:
         config = load_config(None, ["model.hidden_sizes=[12,5]", "train.loss=mse", "train.confidence=3",
-                                    f"train.mse_form={form}", "mlflow.enabled=false"])
+                                    f"train.mse_form={form}", "train.item_optimizer=adam", "mlflow.enabled=false"])
         torch.manual_seed(0)
-        model = trainer.build_model(num_items, config)
+        model = trainer.build_model(num_items, config)  # dense item gradients, for torch's Adam
         optimizer = torch.optim.Adam(model.parameter_groups(1e-3), lr=0.01)
         step = trainer.Step(model, optimizer, trainer.get_loss("mse", 3.0), model.item_parameter_names(), config,
                             Workers(rank=0, size=1, local_rank=0, local_size=1),
