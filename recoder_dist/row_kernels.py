@@ -47,7 +47,7 @@ def _lazy_adam(weights, all_m, all_v, row_step, rows, grad, lr, beta1, beta2, ep
 @numba.njit(parallel=True, cache=True)
 def _rowwise_adagrad(weights, row_sum, rows, grad, lr, eps, weight_decay):
     dtype = weights.dtype.type
-    decay, width = dtype(weight_decay), weights.shape[1]
+    decay, rate, epsilon, width = dtype(weight_decay), dtype(lr), dtype(eps), weights.shape[1]
     for i in numba.prange(rows.shape[0]):
         r = rows[i]
         squares = dtype(0)
@@ -56,7 +56,7 @@ def _rowwise_adagrad(weights, row_sum, rows, grad, lr, eps, weight_decay):
             squares += g * g
         total = row_sum[r] + squares / width
         row_sum[r] = total
-        scale = dtype(lr) / (np.sqrt(total) + dtype(eps))
+        scale = rate / (np.sqrt(total) + epsilon)
         for j in range(width):
             weights[r, j] -= scale * (grad[i, j] + decay * weights[r, j])
 
