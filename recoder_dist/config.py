@@ -55,7 +55,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 2e-5
     lr_schedule: str = "step"  # step (milestones, gamma) | warmup_cosine (warmup_epochs, lr_floor); recoder_dist.schedule
-    item_optimizer: str = "adam"  # adam (dense) | lazy_adam | rowwise_adagrad: item tables (recoder_dist.optim)
+    item_optimizer: str = "lazy_adam"  # lazy_adam | rowwise_adagrad (row-sparse) | adam (dense): item tables (recoder_dist.optim)
     item_lr: float = 0.0  # learning rate of the item tables; 0: train.lr
     milestones: List[int] = field(default_factory=lambda: [60, 80])
     gamma: float = 0.1

@@ -80,9 +80,9 @@ class TestOneProcess(TrainerContract):
     ranks = 1
 
 
-class TestOneProcessLazyAdam(TrainerContract):
+class TestOneProcessDenseAdam(TrainerContract):
     ranks = 1
-    extra = ("train.item_optimizer=lazy_adam",)
+    extra = ("train.item_optimizer=adam",)
 
 
 class TestOneProcessVariationalLogQ(TrainerContract):
@@ -96,6 +96,11 @@ class TestOneProcessVariationalLogQ(TrainerContract):
 
 class TestHorovodDense(TrainerContract):
     ranks = 2
+
+
+class TestHorovodSparse(TrainerContract):
+    ranks = 2
+    extra = ("train.grad_exchange=sparse",)
 
 
 class TestHorovodSyncUnion(TrainerContract):
@@ -114,19 +119,14 @@ class TestTorchrunTwoNodesSyncUnion(TrainerContract):
     extra = ("train.grad_exchange=sync_union",)
 
 
-class TestHorovodLazyAdamDense(TrainerContract):
+class TestHorovodDenseAdam(TrainerContract):
     ranks = 2
-    extra = ("train.item_optimizer=lazy_adam",)
+    extra = ("train.item_optimizer=adam",)
 
 
-class TestHorovodLazyAdamSparse(TrainerContract):
+class TestHorovodDenseAdamSyncUnion(TrainerContract):
     ranks = 2
-    extra = ("train.item_optimizer=lazy_adam", "train.grad_exchange=sparse")
-
-
-class TestHorovodLazyAdamSyncUnion(TrainerContract):
-    ranks = 2
-    extra = ("train.item_optimizer=lazy_adam", "train.grad_exchange=sync_union")
+    extra = ("train.item_optimizer=adam", "train.grad_exchange=sync_union")
 
 
 def test_one_process_and_horovod_agree_on_the_epoch(data, tmp_path_factory):
