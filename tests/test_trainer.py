@@ -96,3 +96,36 @@ def test_a_gramian_mse_step_makes_the_dense_mse_step_update(full):
     assert gramian_losses == pytest.approx(dense_losses, rel=1e-5)
     for name, weight in dense_weights.items():
         torch.testing.assert_close(gramian_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_default_step_moves_only_the_rows_of_the_batch_union():
+    """The shipped default (lazy Adam on row-sparse item tables): a step's gradients and updates
+    touch the batch's encoder rows and its target set's decoder rows, never the rest of the
+    catalogue, whose weights stay bit-identical."""
+    import numpy as np
+    import torch
+
+    from recoder_dist.optim import touched_rows
+    from recoder_dist.sampling import UserRows, make_batches
+
+    num_items, rng = 5000, np.random.default_rng(5)
+    lists = [rng.choice(80, n, replace=False) for n in (3, 7, 12, 5)]  # every item below 80
+    batch = next(make_batches(UserRows.from_lists(np.arange(4), lists), 4, 4, num_items))
+    config = load_config(None, ["mlflow.enabled=false"])
+    assert config.train.item_optimizer == "lazy_adam"
+    torch.manual_seed(0)
+    step = trainer.build_step(config, num_items, Workers(rank=0, size=1, local_rank=0, local_size=1),
+                              torch.device("cpu"), "float32")
+    model = step.model.train()
+    before = {name: model.get_parameter(name).detach().clone() for name in model.item_parameter_names()}
+    step(batch)
+    encoder_rows = np.unique(np.concatenate(lists))
+    moved_rows = {"item_embedding.weight": encoder_rows, "output_weight": batch.target_items.numpy(),
+                  "output_bias": batch.target_items.numpy()}
+    assert batch.target_items.numel() < 80
+    for name, rows in moved_rows.items():
+        weight = model.get_parameter(name).detach()
+        changed = np.flatnonzero((weight != before[name]).reshape(num_items, -1).any(dim=1).numpy())
+        assert set(changed) <= set(rows) and len(changed) > 0, name
+        grad = model.get_parameter(name).grad  # kept until the next step's zero_grad
+        assert grad.layout == torch.sparse_coo and set(touched_rows(grad)[0].tolist()) <= set(rows), name
